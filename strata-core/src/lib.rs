@@ -1,0 +1,7 @@
+//! strata-core: the kernel of Strata — what the supervisor and the services decide, as pure code.
+//!
+//! Nothing in this crate performs I/O: no D-Bus, no sockets, no process spawning, no clock
+//! reads. Time is passed in; files are parsed from strings handed over by the caller.
+
+pub mod observed;
+pub mod unit;

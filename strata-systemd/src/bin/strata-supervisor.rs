@@ -1,0 +1,2 @@
+//! strata-supervisor: reconciles the declared service graph against systemd.
+fn main() {}
