@@ -1,4 +1,5 @@
 //! strata-systemd: the only crate that knows systemd's D-Bus API (`org.freedesktop.systemd1`),
 //! and the `strata-supervisor` daemon built on it.
 
+pub mod control;
 pub mod driver;
