@@ -19,5 +19,13 @@ while IFS= read -r -d '' f; do
     echo "parsed $f"
 done < <(find . -name '*.nix' -not -path './target/*' -print0)
 
+echo "==> NixOS module: re-render the example configuration and diff it against the fixture"
+if [ -d ../shared/tools/nixos-eval ]; then
+    scripts/check-nixos-fixture.sh
+else
+    echo "test.sh: could not re-render the NixOS fixture: ../shared/tools/nixos-eval is absent" \
+        "(strata-ctl/tests/nixos_fixture.rs still checks the fixture with strata-ctl)"
+fi
+
 echo "==> cargo test --workspace"
 cargo test --workspace --locked --all-targets

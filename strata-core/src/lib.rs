@@ -3,5 +3,15 @@
 //! Nothing in this crate performs I/O: no D-Bus, no sockets, no process spawning, no clock
 //! reads. Time is passed in; files are parsed from strings handed over by the caller.
 
+pub mod authorize;
+pub mod capability;
+pub mod derive;
+pub mod graph;
+pub mod launch_args;
+pub mod manifest;
 pub mod observed;
+pub mod protocol;
+pub mod quantity;
+pub mod reconcile;
+pub mod token;
 pub mod unit;

@@ -3,3 +3,6 @@
 
 pub mod control;
 pub mod driver;
+pub mod fake;
+pub mod supervisor;
+pub mod systemd;

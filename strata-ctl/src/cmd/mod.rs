@@ -1,0 +1,4 @@
+//! The subcommands of strata-ctl, one module each.
+
+pub mod check;
+pub mod service;
