@@ -181,6 +181,20 @@ fn did_you_mean(suggestion: &Option<&'static str>) -> String {
     }
 }
 
+/// The actions a `call:<target>` capability grants: what the token minted for it at launch
+/// carries. Core services get the methods a client needs and nothing that hands out authority
+/// (a service that may call identity may introspect tokens, never issue or revoke them);
+/// a user service's own methods are all allowed (`*`), within that service's own checks.
+pub fn call_actions(target: &str) -> &'static [&'static str] {
+    match target {
+        "identity" => &["introspect"],
+        "registry" => &["resolve", "list"],
+        "fs" => &["open", "read", "list", "stat", "close"],
+        "audit" => &["record"],
+        _ => &["*"],
+    }
+}
+
 /// Checks a service name: 1..=48 characters from `[a-z0-9-]`, not starting with `-`.
 pub fn check_service_name(name: &str) -> Result<(), ServiceNameError> {
     if name.is_empty() {
@@ -217,14 +231,10 @@ pub fn check_absolute_path(path: &str) -> Result<(), PathError> {
         return Err(PathError::ControlCharacter { path: clip(path) });
     }
     if !path.starts_with('/') {
-        return Err(PathError::NotAbsolute {
-            path: path.to_owned(),
-        });
+        return Err(PathError::NotAbsolute { path: clip(path) });
     }
     if path.split('/').any(|c| c == "..") {
-        return Err(PathError::ParentComponent {
-            path: path.to_owned(),
-        });
+        return Err(PathError::ParentComponent { path: clip(path) });
     }
     let components: Vec<&str> = path
         .split('/')
@@ -233,8 +243,8 @@ pub fn check_absolute_path(path: &str) -> Result<(), PathError> {
     let normalized = format!("/{}", components.join("/"));
     if normalized != path {
         return Err(PathError::NotNormalized {
-            path: path.to_owned(),
-            normalized,
+            path: clip(path),
+            normalized: clip(&normalized),
         });
     }
     Ok(())

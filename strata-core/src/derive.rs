@@ -273,7 +273,16 @@ fn properties(
     p.push(yes("LockPersonality"));
     p.push(yes("MemoryDenyWriteExecute"));
 
-    let mut allowed = vec!["@system-service".to_owned()];
+    // strata-launch applies the Landlock ruleset inside the unit, after systemd installed
+    // this filter: @system-service (systemd 252) lacks the three Landlock calls.
+    let mut allowed: Vec<String> = [
+        "@system-service",
+        "landlock_create_ruleset",
+        "landlock_add_rule",
+        "landlock_restrict_self",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     if keeps("CAP_SYS_TIME") {
         allowed.push("@clock".to_owned());
     }

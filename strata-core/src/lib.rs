@@ -3,6 +3,7 @@
 //! Nothing in this crate performs I/O: no D-Bus, no sockets, no process spawning, no clock
 //! reads. Time is passed in; files are parsed from strings handed over by the caller.
 
+pub mod audit_chain;
 pub mod authorize;
 pub mod capability;
 pub mod derive;

@@ -25,10 +25,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use biscuit_auth::builder::{self, BlockBuilder, Check, CheckKind, Expression, Op, Term};
-use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PublicKey};
+use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit};
 use serde::Serialize;
 
 use crate::capability::{PathError, ServiceNameError, check_absolute_path, check_service_name};
+
+/// Key types, re-exported so that users of tokens need no direct Biscuit dependency.
+pub use biscuit_auth::{Algorithm, KeyPair, PrivateKey, PublicKey};
 
 /// Predicates the verifier supplies; a token that asserts any of them itself is opaque.
 pub(crate) const AMBIENT_PREDICATES: [&str; 6] = [

@@ -82,7 +82,7 @@ fn baseline_unit_without_capabilities() {
           RestrictSUIDSGID=yes
           LockPersonality=yes
           MemoryDenyWriteExecute=yes
-          SystemCallFilter=@system-service
+          SystemCallFilter=@system-service landlock_create_ruleset landlock_add_rule landlock_restrict_self
           SystemCallFilter=~@privileged @resources
           SystemCallErrorNumber=EPERM
           SystemCallArchitectures=native
@@ -96,7 +96,7 @@ fn baseline_unit_without_capabilities() {
             bind tcp:      (none)
             connect tcp:   (none)
             if the kernel cannot enforce all of it: refuse to start
-          spec hash: 818cd1a78350a1dd943422ef17e5e6434f5b9fde65890d24e6228069010c2684
+          spec hash: cbd4b6c0b2262ca489e0f8bbd107b9b01bb4b3ec4f2ddc1472549648fc25c294
     "#]]
     .assert_eq(&render_unit(&unit("")));
 }
@@ -227,20 +227,20 @@ fn sys_cap_sys_time_lifts_what_would_make_it_useless() {
     check_delta(
         r#"capabilities = ["sys.cap:CAP_SYS_TIME"]"#,
         &expect![[r#"
-        - Description=Strata service svc (no capabilities)
-        - ExecStart=/usr/lib/strata/strata-launch --service svc --ruleset-json "{\"read\":[],\"write\":[\"/tmp\",\"/var/tmp\"],\"bind_tcp\":[],\"connect_tcp\":[],\"allow_degraded\":false}" -- /usr/bin/svc --port 8080
-        - ProtectClock=yes
-        - SystemCallFilter=@system-service
-        - SystemCallFilter=~@privileged @resources
-        - CapabilityBoundingSet=
-        + Description=Strata service svc (capabilities: sys.cap:CAP_SYS_TIME)
-        + ExecStart=/usr/lib/strata/strata-launch --service svc --ruleset-json "{\"read\":[],\"write\":[\"/tmp\",\"/var/tmp\"],\"bind_tcp\":[],\"connect_tcp\":[],\"allow_degraded\":false}" --keep-caps CAP_SYS_TIME -- /usr/bin/svc --port 8080
-        + ProtectClock=no
-        + SystemCallFilter=@system-service @clock
-        + SystemCallFilter=~@resources
-        + CapabilityBoundingSet=CAP_SYS_TIME
-        + AmbientCapabilities=CAP_SYS_TIME
-    "#]],
+            - Description=Strata service svc (no capabilities)
+            - ExecStart=/usr/lib/strata/strata-launch --service svc --ruleset-json "{\"read\":[],\"write\":[\"/tmp\",\"/var/tmp\"],\"bind_tcp\":[],\"connect_tcp\":[],\"allow_degraded\":false}" -- /usr/bin/svc --port 8080
+            - ProtectClock=yes
+            - SystemCallFilter=@system-service landlock_create_ruleset landlock_add_rule landlock_restrict_self
+            - SystemCallFilter=~@privileged @resources
+            - CapabilityBoundingSet=
+            + Description=Strata service svc (capabilities: sys.cap:CAP_SYS_TIME)
+            + ExecStart=/usr/lib/strata/strata-launch --service svc --ruleset-json "{\"read\":[],\"write\":[\"/tmp\",\"/var/tmp\"],\"bind_tcp\":[],\"connect_tcp\":[],\"allow_degraded\":false}" --keep-caps CAP_SYS_TIME -- /usr/bin/svc --port 8080
+            + ProtectClock=no
+            + SystemCallFilter=@system-service landlock_create_ruleset landlock_add_rule landlock_restrict_self @clock
+            + SystemCallFilter=~@resources
+            + CapabilityBoundingSet=CAP_SYS_TIME
+            + AmbientCapabilities=CAP_SYS_TIME
+        "#]],
     );
 }
 
@@ -339,7 +339,7 @@ fn core_fs_unit_serves_its_roots() {
           RestrictSUIDSGID=yes
           LockPersonality=yes
           MemoryDenyWriteExecute=yes
-          SystemCallFilter=@system-service
+          SystemCallFilter=@system-service landlock_create_ruleset landlock_add_rule landlock_restrict_self
           SystemCallFilter=~@privileged @resources
           SystemCallErrorNumber=EPERM
           SystemCallArchitectures=native
@@ -354,7 +354,7 @@ fn core_fs_unit_serves_its_roots() {
             bind tcp:      (none)
             connect tcp:   (none)
             if the kernel cannot enforce all of it: refuse to start
-          spec hash: aad7d5788b7fbb7719aeca4800dbe4e0a915f31e9cbcdf2059e3ff780baa4873
+          spec hash: e3387a74520bbb7fb574580e9da163b9e22a6cf027ddaf82881f9925db52d5a5
     "#]].assert_eq(&render_unit(
         &derive_unit(&m, "fs", &launch()).expect("fs derives"),
     ));
@@ -364,7 +364,7 @@ fn core_fs_unit_serves_its_roots() {
 fn spec_hash_is_pinned() {
     // The same manifest gives this hash on every machine and every run. If a deliberate
     // change to derivation moves it, every running unit will be rolled once: say so.
-    expect!["818cd1a78350a1dd943422ef17e5e6434f5b9fde65890d24e6228069010c2684"]
+    expect!["cbd4b6c0b2262ca489e0f8bbd107b9b01bb4b3ec4f2ddc1472549648fc25c294"]
         .assert_eq(&unit("").spec_hash);
 }
 

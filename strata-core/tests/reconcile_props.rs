@@ -425,7 +425,7 @@ impl Sim {
         match u.phase {
             UnitPhase::Starting => u.phase = UnitPhase::Running,
             UnitPhase::Stopping if fail_on_stop => {
-                u.phase = UnitPhase::Failed(ExitReason::ExitCode(143))
+                u.phase = UnitPhase::Failed(ExitReason::ExitCode(143));
             }
             UnitPhase::Stopping | UnitPhase::Exited => {
                 self.truth.remove(unit);
@@ -440,7 +440,7 @@ impl Sim {
             Op::Tick(ms) => {
                 self.now = self
                     .now
-                    .saturating_add(Duration::from_millis(u64::from(*ms)))
+                    .saturating_add(Duration::from_millis(u64::from(*ms)));
             }
             Op::Deliver(n) => self.deliver(usize::from(*n)),
             Op::Plan => {
@@ -572,7 +572,7 @@ impl Sim {
                 prop_assert!(matches!(e, ReconcileError::NotQuarantined { .. }), "{}", e);
             }
             (_, Ok(())) => {
-                prop_assert!(!quarantined, "command {cmd} accepted on quarantined {name}")
+                prop_assert!(!quarantined, "command {cmd} accepted on quarantined {name}");
             }
             (_, Err(e)) => {
                 prop_assert!(quarantined, "command {cmd} on {name} failed: {e}");
@@ -717,7 +717,11 @@ impl Sim {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+    // PROPTEST_CASES raises the count for a long soak.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(384),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn converges_safely_from_any_state_through_any_faults(

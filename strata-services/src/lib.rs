@@ -1,2 +1,8 @@
 //! strata-services: capability-guarded services, the protocol v1 runtime and the launcher.
+pub mod durable;
+pub mod identity;
+pub mod ipc;
 pub mod launch;
+pub mod revocation;
+pub mod verifier;
+pub mod fs;

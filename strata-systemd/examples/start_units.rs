@@ -56,11 +56,31 @@ async fn main() -> anyhow::Result<()> {
     if args.count == 0 || args.parallel.iter().any(|p| *p == 0) {
         bail!("--count and --parallel must be positive");
     }
-    let driver = Arc::new(match &args.address {
-        Some(a) => SystemdDriver::connect_address(a).await,
-        None => SystemdDriver::connect().await,
+    let driver = Arc::new(
+        match &args.address {
+            Some(a) => SystemdDriver::connect_address(a).await,
+            None => SystemdDriver::connect().await,
+        }
+        .context("connecting to systemd")?,
+    );
+
+    // Reference for this machine's current speed: one D-Bus round trip to systemd
+    // (ListUnitsByPatterns while no strata unit exists).
+    let mut trips = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        let units = driver.list().await.context("listing units")?;
+        trips.push(t.elapsed());
+        if !units.is_empty() {
+            bail!("strata units already exist: {units:?}");
+        }
     }
-    .context("connecting to systemd")?);
+    trips.sort();
+    println!(
+        "reference: one D-Bus round trip to systemd p50 {:.3} ms, p90 {:.3} ms",
+        pct(&trips, 0.5),
+        pct(&trips, 0.9)
+    );
 
     for (run, &parallel) in args.parallel.iter().enumerate() {
         let mut latencies = Vec::with_capacity(args.count);

@@ -65,6 +65,12 @@ use crate::unit::UnitSpec;
 use state::{AfterStop, Record, St};
 use time::human;
 
+const REASON_STOP_AGAIN: &str =
+    "stopping a unit started outside Strata (the service is stopped by the operator)";
+const REASON_GONE: &str = "the unit is gone without failing (exited cleanly or stopped outside \
+     Strata); only failures are restarted";
+const REASON_CLEAN_EXIT: &str = "exited cleanly (status 0); only failures are restarted";
+
 /// The observed Strata units, by unit name. An observation in phase `Gone` counts as absent.
 pub type Observed = BTreeMap<String, UnitObservation>;
 
@@ -738,7 +744,7 @@ impl Reconciler {
                             then: AfterStop::Stopped,
                             unconfirmed_start: None,
                         },
-                        "stopping a unit started outside Strata (the service is stopped by the operator)",
+                        REASON_STOP_AGAIN,
                         now,
                     );
                 }
@@ -791,11 +797,9 @@ impl Reconciler {
                                 now,
                             );
                         }
-                        St::Activating | St::Running { .. } => rec.set(
-                            St::Exited,
-                            "the unit is gone without failing (exited cleanly or stopped outside Strata); only failures are restarted",
-                            now,
-                        ),
+                        St::Activating | St::Running { .. } => {
+                            rec.set(St::Exited, REASON_GONE, now);
+                        }
                         _ => {}
                     },
                     Some(UnitPhase::Starting | UnitPhase::Running) if !ours => {
@@ -836,8 +840,7 @@ impl Reconciler {
                     },
                     Some(UnitPhase::Stopping) => {}
                     Some(UnitPhase::Failed(reason)) => {
-                        let expected_alive =
-                            matches!(st, St::StartIssued { .. } | St::Activating | St::Running { .. });
+                        let expected_alive = st.expects_unit();
                         let fresh_ours = ours && matches!(st, St::Declared | St::Waiting);
                         if !rec.end_seen && (expected_alive || fresh_ours) {
                             record_failure(
@@ -853,12 +856,8 @@ impl Reconciler {
                         rec.end_seen = true;
                     }
                     Some(UnitPhase::Exited) => {
-                        if matches!(st, St::StartIssued { .. } | St::Activating | St::Running { .. }) {
-                            rec.set(
-                                St::Exited,
-                                "exited cleanly (status 0); only failures are restarted",
-                                now,
-                            );
+                        if st.expects_unit() {
+                            rec.set(St::Exited, REASON_CLEAN_EXIT, now);
                         }
                         rec.end_seen = true;
                     }
@@ -1050,11 +1049,13 @@ fn record_failure(
     exit: ExitReason,
     now: Timestamp,
 ) {
+    let exit_text = exit.to_string();
     events.push(Event::Crashed {
         service: service.to_owned(),
         reason: exit.clone(),
     });
-    let failed_reason = exit.to_string();
+    rec.last_exit = Some(exit);
+    let failed_reason = exit_text.clone();
     events.push(Event::Transition {
         service: service.to_owned(),
         old: rec.reported.0,
@@ -1063,7 +1064,6 @@ fn record_failure(
     });
     rec.reported = (StateKind::Failed, failed_reason);
     rec.end_seen = true;
-    rec.last_exit = Some(exit.clone());
     if let St::Running { since } = rec.st {
         if now.saturating_duration_since(since) >= policy.reset_after {
             rec.attempt = 0;
@@ -1080,7 +1080,7 @@ fn record_failure(
     let count = rec.failures.len();
     if policy.quarantine_crashes > 0 && count >= policy.quarantine_crashes as usize {
         let reason = format!(
-            "{count} failures within {}; last: {exit}",
+            "{count} failures within {}; last: {exit_text}",
             human(policy.quarantine_window)
         );
         rec.set(
@@ -1100,7 +1100,7 @@ fn record_failure(
             until: now.saturating_add(delay),
         },
         format!(
-            "{exit}; restarting in {} (attempt {})",
+            "{exit_text}; restarting in {} (attempt {})",
             human(delay),
             rec.attempt
         ),

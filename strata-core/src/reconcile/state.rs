@@ -144,6 +144,14 @@ impl St {
         }
     }
 
+    /// A unit started by us should exist: its disappearance or failure is news.
+    pub(crate) fn expects_unit(&self) -> bool {
+        matches!(
+            self,
+            Self::StartIssued { .. } | Self::Activating | Self::Running { .. }
+        )
+    }
+
     /// When a start was issued whose unit has not been observed yet.
     pub(crate) fn unconfirmed_start(&self) -> Option<Timestamp> {
         match self {

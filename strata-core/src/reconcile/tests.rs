@@ -765,7 +765,8 @@ fn scenario_backoff_quarantine_release() {
     assert_eq!(r.stop("web", later), Err(quarantined.clone()));
     assert_eq!(
         quarantined.to_string(),
-        "service `web` is quarantined (5 failures within 10m; last: exited with status 1); release it first"
+        "service `web` is quarantined (5 failures within 10m; last: exited with status 1); \
+         release it first"
     );
     // A reload does not release either.
     r.set_desired(r.desired().clone(), later);

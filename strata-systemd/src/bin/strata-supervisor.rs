@@ -12,8 +12,10 @@ use clap::Parser;
 use strata_systemd::control::{
     AdminPolicy, BUS_NAME, ControlRequest, DEFAULT_ADMIN_GROUP, OBJECT_PATH, SupervisorInterface,
 };
+use strata_core::manifest::CoreService;
 use strata_systemd::supervisor::{
-    LaunchSettings, QuarantineStore, Signal, Supervisor, SupervisorConfig, load_manifest,
+    LaunchSettings, NodeHooks, QuarantineStore, Signal, Supervisor, SupervisorConfig,
+    load_manifest,
 };
 use strata_systemd::supervisor::publish::BusPublisher;
 use strata_systemd::systemd::SystemdDriver;
@@ -91,7 +93,11 @@ async fn run(args: Args) -> Result<()> {
     let publisher = BusPublisher::new(&conn)?;
 
     let config = SupervisorConfig { manifest_path: args.config.clone(), launch, seed: rand_seed() };
-    let supervisor = Supervisor::new(driver, publisher, config, &manifest, store)?;
+    let hooks = NodeHooks::new(
+        &manifest.node.runtime_dir,
+        manifest.core.enabled(CoreService::Registry),
+    );
+    let supervisor = Supervisor::with_hooks(driver, publisher, hooks, config, &manifest, store)?;
 
     let (sig_tx, sig_rx) = mpsc::channel(8);
     let mut hup = signal(SignalKind::hangup())?;

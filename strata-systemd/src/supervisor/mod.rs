@@ -7,6 +7,7 @@
 //! loop runs against systemd in production and against a recording fake in tests.
 
 mod desired;
+mod hooks;
 pub mod publish;
 mod store;
 
@@ -23,6 +24,7 @@ use crate::control::{ControlError, ControlRequest, ServiceInfo};
 use crate::driver::{DriverEvent, UnitDriver};
 
 pub use desired::{DesiredError, LaunchSettings, desired_from_manifest, load_manifest};
+pub use hooks::{Hooks, NoHooks, NodeHooks};
 pub use publish::{Published, Publisher, RecordingPublisher};
 pub use store::{QuarantineStore, StoreError};
 
@@ -58,9 +60,10 @@ pub enum Signal {
 
 /// The supervisor: reconciler state plus the edges it drives.
 #[derive(Debug)]
-pub struct Supervisor<D: UnitDriver, P: Publisher> {
+pub struct Supervisor<D: UnitDriver, P: Publisher, H: Hooks = NoHooks> {
     driver: D,
     publisher: P,
+    hooks: H,
     config: SupervisorConfig,
     reconciler: Reconciler,
     observed: Observed,
@@ -75,12 +78,26 @@ pub struct Supervisor<D: UnitDriver, P: Publisher> {
     ready_sent: bool,
 }
 
-impl<D: UnitDriver, P: Publisher> Supervisor<D, P> {
-    /// Builds the supervisor from an already validated manifest. Quarantine marks persisted by
-    /// an earlier run are restored, so a quarantined service stays quarantined across restarts.
+impl<D: UnitDriver, P: Publisher> Supervisor<D, P, NoHooks> {
+    /// A supervisor without hooks (no token delivery, no registration).
     pub fn new(
         driver: D,
         publisher: P,
+        config: SupervisorConfig,
+        manifest: &Manifest,
+        store: QuarantineStore,
+    ) -> Result<Self, DesiredError> {
+        Self::with_hooks(driver, publisher, NoHooks, config, manifest, store)
+    }
+}
+
+impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
+    /// Builds the supervisor from an already validated manifest. Quarantine marks persisted by
+    /// an earlier run are restored, so a quarantined service stays quarantined across restarts.
+    pub fn with_hooks(
+        driver: D,
+        publisher: P,
+        hooks: H,
         config: SupervisorConfig,
         manifest: &Manifest,
         store: QuarantineStore,
@@ -97,6 +114,7 @@ impl<D: UnitDriver, P: Publisher> Supervisor<D, P> {
         Ok(Self {
             driver,
             publisher,
+            hooks,
             config,
             reconciler,
             observed: Observed::new(),
@@ -211,8 +229,11 @@ impl<D: UnitDriver, P: Publisher> Supervisor<D, P> {
         match action {
             Action::Start(spec) => {
                 tracing::info!(STRATA_SERVICE = spec.service.as_str(), STRATA_EVENT = "unit.start", unit = spec.unit.as_str(), spec_hash = spec.spec_hash.as_str(), "starting {}", spec.unit);
-                if let Err(e) = self.driver.start(&spec).await {
-                    let reason = e.to_string();
+                let started = match self.hooks.before_start(&spec).await {
+                    Ok(()) => self.driver.start(&spec).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(reason) = started {
                     tracing::error!(STRATA_SERVICE = spec.service.as_str(), STRATA_EVENT = "unit.start_rejected", "{reason}");
                     // Only fails for a service removed meanwhile; nothing to count then.
                     let _ = self.reconciler.start_failed(&spec.service, &reason, now);
@@ -245,6 +266,14 @@ impl<D: UnitDriver, P: Publisher> Supervisor<D, P> {
                     self.store.remove(&service)?;
                 }
                 if new == StateKind::Running && old != StateKind::Running {
+                    let running: Vec<String> = self
+                        .reconciler
+                        .status()
+                        .into_iter()
+                        .filter(|s| s.state == StateKind::Running)
+                        .map(|s| s.name)
+                        .collect();
+                    self.hooks.running(&service, &running).await;
                     self.publisher.publish(Published::Health { service: service.clone(), ok: true }).await;
                 } else if old == StateKind::Running && new != StateKind::Running {
                     self.publisher.publish(Published::Health { service: service.clone(), ok: false }).await;

@@ -33,8 +33,8 @@ use super::names::{is_strata_unit, unit_from_object_path, unit_object_path};
 use super::observe::{RawUnitState, strings_prop};
 use super::oom::{OomWatch, v1_memcg_dir};
 use super::{
-    BusTarget, DriverError, DriverMetrics, MANAGER_IFACE, MANAGER_PATH, OomWatches,
-    SERVICE_IFACE, SYSTEMD_BUS_NAME, UNIT_IFACE, list_units, manager, read_units,
+    BusTarget, DriverError, DriverMetrics, MANAGER_IFACE, MANAGER_PATH, OomWatches, SERVICE_IFACE,
+    SYSTEMD_BUS_NAME, UNIT_IFACE, list_units, manager, read_units,
 };
 use crate::driver::DriverEvent;
 
@@ -68,10 +68,14 @@ impl EventTask {
         loop {
             let conn = match self.first_conn.take() {
                 Some(c) => Ok(c),
-                None => self.target.open().await.map_err(|source| DriverError::Connect {
-                    bus: self.target.to_string(),
-                    source,
-                }),
+                None => self
+                    .target
+                    .open()
+                    .await
+                    .map_err(|source| DriverError::Connect {
+                        bus: self.target.to_string(),
+                        source,
+                    }),
             };
             let end = match conn {
                 Ok(conn) => Session::new(&self, conn).run().await,
@@ -83,14 +87,18 @@ impl EventTask {
                     tracing::warn!(bus = %self.target, "systemd event connection dropped; reconnecting");
                     backoff = MIN_BACKOFF;
                 }
-                Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "systemd event stream failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "systemd event stream failed");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = self.tx.closed() => return,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            self.metrics.bus_reconnects_total.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .bus_reconnects_total
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -260,14 +268,20 @@ impl<'a> Session<'a> {
     fn emit(&mut self, ev: DriverEvent) {
         if self.lagged {
             // A Resync is pending and will carry the current state.
-            self.task.metrics.bus_lagged_total.fetch_add(1, Ordering::Relaxed);
+            self.task
+                .metrics
+                .bus_lagged_total
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         match self.task.tx.try_send(ev) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.lagged = true;
-                self.task.metrics.bus_lagged_total.fetch_add(1, Ordering::Relaxed);
+                self.task
+                    .metrics
+                    .bus_lagged_total
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.consumer_gone = true,
         }
@@ -366,6 +380,18 @@ impl<'a> Session<'a> {
             UNIT_IFACE if pos >= e.unit_pos => {
                 e.raw.apply_unit(changed);
                 e.unit_pos = pos;
+                // When the job is gone already, this signal is stale: its JobRemoved and a
+                // newer state are queued behind it.
+                if e.raw.job_id != 0
+                    && e.raw.job_type.is_empty()
+                    && matches!(e.raw.active_state.as_str(), "inactive" | "failed")
+                    && !self.read_job_type(unit, changed).await
+                {
+                    return;
+                }
+                let Some(e) = self.units.get_mut(unit) else {
+                    return;
+                };
                 if runs(&e.raw) {
                     if !e.armed {
                         self.arm(unit).await;
@@ -379,6 +405,44 @@ impl<'a> Session<'a> {
             }
             _ => {}
         }
+    }
+
+    /// Looks up the type of the unit's new job (the Job property only carries id and path):
+    /// an inactive unit with a start job is Starting, with a stop job it is not.
+    /// Returns false when the job no longer exists.
+    async fn read_job_type(&mut self, unit: &str, changed: &HashMap<String, OwnedValue>) -> bool {
+        let path = match changed.get("Job").map(|v| &**v) {
+            Some(Value::Structure(job)) => match job.fields().get(1) {
+                Some(Value::ObjectPath(p)) => p.as_str().to_owned(),
+                _ => return true,
+            },
+            _ => return true,
+        };
+        let reply = self
+            .conn
+            .call_method(
+                Some(SYSTEMD_BUS_NAME),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &("org.freedesktop.systemd1.Job", "JobType"),
+            )
+            .await;
+        let job_type = match reply.and_then(|m| m.body().deserialize::<OwnedValue>()) {
+            Ok(v) => match &*v {
+                Value::Str(s) => s.as_str().to_owned(),
+                _ => return true,
+            },
+            Err(e) if super::is_no_such_unit(&e) => return false,
+            Err(e) => {
+                tracing::warn!(%unit, error = %e, "reading the job type failed");
+                return true;
+            }
+        };
+        if let Some(e) = self.units.get_mut(unit) {
+            e.raw.job_type = job_type;
+        }
+        true
     }
 
     /// Starts tracking `unit` (created at `pos`): reads its recorded spec hash once (the
@@ -477,7 +541,10 @@ impl<'a> Session<'a> {
 
 /// Whether the unit has (or is about to have) processes in its cgroup.
 fn runs(raw: &RawUnitState) -> bool {
-    matches!(raw.active_state.as_str(), "activating" | "active" | "reloading")
+    matches!(
+        raw.active_state.as_str(),
+        "activating" | "active" | "reloading"
+    )
 }
 
 /// Re-labels a SIGKILL as an OOM kill when the unit's watch says so.

@@ -107,7 +107,11 @@ impl BusTarget {
     pub(crate) async fn open(&self) -> zbus::Result<Connection> {
         match self {
             Self::System => zbus::connection::Builder::system()?.build().await,
-            Self::Address(a) => zbus::connection::Builder::address(a.as_str())?.build().await,
+            Self::Address(a) => {
+                zbus::connection::Builder::address(a.as_str())?
+                    .build()
+                    .await
+            }
         }
     }
 }
@@ -194,6 +198,7 @@ impl UnitDetails {
             active_state: self.active_state.clone(),
             sub_state: self.sub_state.clone(),
             job_id: 0,
+            job_type: String::new(),
             result: self.result.clone(),
             exec_main_code: self.exec_main_code,
             exec_main_status: self.exec_main_status,
@@ -232,10 +237,10 @@ impl Drop for CommandConn {
 impl CommandConn {
     async fn open(target: &BusTarget) -> Result<Self, DriverError> {
         let bus = || target.to_string();
-        let conn = target.open().await.map_err(|source| DriverError::Connect {
-            bus: bus(),
-            source,
-        })?;
+        let conn = target
+            .open()
+            .await
+            .map_err(|source| DriverError::Connect { bus: bus(), source })?;
         let subscribe_err = |source| DriverError::Subscribe { bus: bus(), source };
         let rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
@@ -300,7 +305,10 @@ pub(crate) async fn manager(conn: &Connection) -> zbus::Result<ManagerProxy<'sta
         .await
 }
 
-async fn service_proxy(conn: &Connection, path: OwnedObjectPath) -> zbus::Result<ServiceProxy<'static>> {
+async fn service_proxy(
+    conn: &Connection,
+    path: OwnedObjectPath,
+) -> zbus::Result<ServiceProxy<'static>> {
     ServiceProxy::builder(conn)
         .path(path)?
         .cache_properties(CacheProperties::No)
@@ -355,11 +363,18 @@ impl SystemdDriver {
 
     /// Connects to the bus at `address`.
     pub async fn connect_address(address: &str) -> Result<Self, DriverError> {
-        Self::connect_with(BusTarget::Address(address.to_owned()), DriverConfig::default()).await
+        Self::connect_with(
+            BusTarget::Address(address.to_owned()),
+            DriverConfig::default(),
+        )
+        .await
     }
 
     /// Connects with explicit settings.
-    pub async fn connect_with(target: BusTarget, config: DriverConfig) -> Result<Self, DriverError> {
+    pub async fn connect_with(
+        target: BusTarget,
+        config: DriverConfig,
+    ) -> Result<Self, DriverError> {
         let cmd = CommandConn::open(&target).await?;
         Ok(Self {
             target,
@@ -385,16 +400,24 @@ impl SystemdDriver {
         Ok((guard.conn.clone(), guard.jobs.clone()))
     }
 
-    async fn manager_for(&self, unit: &str) -> Result<(ManagerProxy<'static>, broadcast::Sender<JobDone>), DriverError> {
+    async fn manager_for(
+        &self,
+        unit: &str,
+    ) -> Result<(ManagerProxy<'static>, broadcast::Sender<JobDone>), DriverError> {
         let (conn, jobs) = self.command().await?;
-        let m = manager(&conn).await.map_err(|source| DriverError::ReadUnit {
-            unit: unit.to_owned(),
-            source,
-        })?;
+        let m = manager(&conn)
+            .await
+            .map_err(|source| DriverError::ReadUnit {
+                unit: unit.to_owned(),
+                source,
+            })?;
         Ok((m, jobs))
     }
 
-    async fn start_job(&self, spec: &UnitSpec) -> Result<(String, broadcast::Receiver<JobDone>), DriverError> {
+    async fn start_job(
+        &self,
+        spec: &UnitSpec,
+    ) -> Result<(String, broadcast::Receiver<JobDone>), DriverError> {
         let t = transient::encode(spec)?;
         let (m, jobs) = self.manager_for(&t.name).await?;
         // Subscribe to the job feed before starting: JobRemoved may come before the reply.
@@ -562,7 +585,7 @@ pub(crate) async fn read_units(
     entries: Vec<proxies::UnitListEntry>,
 ) -> Result<Vec<(String, RawUnitState, zbus::message::Sequence)>, DriverError> {
     let mut out = Vec::with_capacity(entries.len());
-    for (name, _desc, load, active, sub, _following, path, job_id, _job_type, _job_path) in entries {
+    for (name, _desc, load, active, sub, _following, path, job_id, job_type, _job_path) in entries {
         if load == "not-found" || !names::is_strata_unit(&name) {
             continue;
         }
@@ -580,16 +603,18 @@ pub(crate) async fn read_units(
             Err(e) if is_no_such_unit(&e) => continue,
             Err(source) => return Err(DriverError::ReadUnit { unit: name, source }),
         };
-        let props: HashMap<String, OwnedValue> = msg.body().deserialize().map_err(|source| {
-            DriverError::ReadUnit {
-                unit: name.clone(),
-                source,
-            }
-        })?;
+        let props: HashMap<String, OwnedValue> =
+            msg.body()
+                .deserialize()
+                .map_err(|source| DriverError::ReadUnit {
+                    unit: name.clone(),
+                    source,
+                })?;
         let mut raw = RawUnitState {
             active_state: active,
             sub_state: sub,
             job_id,
+            job_type,
             ..RawUnitState::default()
         };
         raw.apply_service(&props);

@@ -96,7 +96,10 @@ mod tests {
             unit_from_object_path(&path).as_deref(),
             Some("strata-web.service")
         );
-        assert_eq!(unit_from_object_path("/org/freedesktop/systemd1/job/12"), None);
+        assert_eq!(
+            unit_from_object_path("/org/freedesktop/systemd1/job/12"),
+            None
+        );
         assert_eq!(
             unit_from_object_path("/org/freedesktop/systemd1/unit/bad_2"),
             None

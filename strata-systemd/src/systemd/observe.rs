@@ -21,6 +21,8 @@ pub struct RawUnitState {
     pub sub_state: String,
     /// Id of the unit's pending job (0 = none).
     pub job_id: u32,
+    /// Type of that job (`start`, `stop`, ...; empty when unknown or none).
+    pub job_type: String,
     pub result: String,
     pub exec_main_code: i32,
     pub exec_main_status: i32,
@@ -41,6 +43,10 @@ impl RawUnitState {
         }
         if let Some(Value::Structure(job)) = props.get("Job").map(|v| &**v) {
             if let Some(Value::U32(id)) = job.fields().first() {
+                if *id != self.job_id {
+                    // A different job: its type is looked up by the caller.
+                    self.job_type.clear();
+                }
                 self.job_id = *id;
             }
         }
@@ -119,13 +125,20 @@ pub fn phase(s: &RawUnitState) -> UnitPhase {
         "active" | "reloading" | "refreshing" => UnitPhase::Running,
         "activating" => UnitPhase::Starting,
         "deactivating" => UnitPhase::Stopping,
-        // A job on an inactive or failed unit is (for Strata's units) a queued start.
-        "inactive" | "failed" if s.job_id != 0 => UnitPhase::Starting,
+        "inactive" | "failed" if s.job_id != 0 && is_start_job(&s.job_type) => UnitPhase::Starting,
         "inactive" => UnitPhase::Exited,
         "failed" => UnitPhase::Failed(exit_reason(s)),
         // Not a state systemd 252 has for services ("maintenance" is for mounts).
         other => UnitPhase::Failed(ExitReason::Other(format!("unknown state {other:?}"))),
     }
+}
+
+/// Job types that bring a unit up.
+fn is_start_job(job_type: &str) -> bool {
+    matches!(
+        job_type,
+        "start" | "restart" | "try-restart" | "reload-or-start" | "verify-active"
+    )
 }
 
 /// Why a failed unit failed.
@@ -137,10 +150,9 @@ pub fn exit_reason(s: &RawUnitState) -> ExitReason {
         }
         "signal" | "core-dump" => ExitReason::Signal(s.exec_main_status),
         "exit-code" => match exec_setup_failure(s.exec_main_code, s.exec_main_status) {
-            Some(step) => ExitReason::StartFailed(format!(
-                "exit-code: status {}/{step}",
-                s.exec_main_status
-            )),
+            Some(step) => {
+                ExitReason::StartFailed(format!("exit-code: status {}/{step}", s.exec_main_status))
+            }
             None => ExitReason::ExitCode(s.exec_main_status),
         },
         "resources" | "timeout" | "start-limit-hit" | "protocol" | "exec-condition" => {
@@ -222,12 +234,24 @@ mod tests {
     #[test]
     fn phases() {
         assert_eq!(phase(&st("active", "success", 0, 0)), UnitPhase::Running);
-        assert_eq!(phase(&st("activating", "success", 0, 0)), UnitPhase::Starting);
-        assert_eq!(phase(&st("deactivating", "success", 0, 0)), UnitPhase::Stopping);
+        assert_eq!(
+            phase(&st("activating", "success", 0, 0)),
+            UnitPhase::Starting
+        );
+        assert_eq!(
+            phase(&st("deactivating", "success", 0, 0)),
+            UnitPhase::Stopping
+        );
         assert_eq!(phase(&st("inactive", "success", 1, 0)), UnitPhase::Exited);
         let mut queued = st("inactive", "success", 0, 0);
         queued.job_id = 7;
+        queued.job_type = "start".into();
         assert_eq!(phase(&queued), UnitPhase::Starting);
+        // A stop job that has not been removed yet leaves an inactive unit Exited.
+        queued.job_type = "stop".into();
+        assert_eq!(phase(&queued), UnitPhase::Exited);
+        queued.job_type.clear();
+        assert_eq!(phase(&queued), UnitPhase::Exited);
     }
 
     #[test]
@@ -273,6 +297,9 @@ mod tests {
             "STRATA_SPEC_HASH=abc".to_string(),
         ];
         assert_eq!(spec_hash_from_env(&env).as_deref(), Some("abc"));
-        assert_eq!(spec_hash_from_env(&["STRATA_SPEC_HASHX=1".to_string()]), None);
+        assert_eq!(
+            spec_hash_from_env(&["STRATA_SPEC_HASHX=1".to_string()]),
+            None
+        );
     }
 }

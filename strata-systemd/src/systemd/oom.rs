@@ -4,10 +4,15 @@
 //! before it announces the failure, taking the `oom_kill` counter with it. So a watch is armed
 //! while the unit runs: an eventfd registered on the unit's `memory.oom_control` through
 //! `cgroup.event_control`. The kernel signals it when the cgroup (or an ancestor) runs out of
-//! memory, before the victim is killed, and once more after the cgroup is removed. On each
-//! signal the watch reads the `oom_kill` counter (it counts kills of this cgroup's own
-//! processes) while the directory still exists. If it was too late for that, two signals mean
-//! an OOM notification came before the removal.
+//! memory, just before the victim is killed, and once more after the cgroup is removed. On
+//! each signal the watch reads the `oom_kill` counter (it counts kills of this cgroup's own
+//! processes); a signal taken in while the directory still exists is an OOM notification. If
+//! the watch only looked after the removal, two signals mean an OOM notification came first
+//! (the event stream then corrects the unit's reason from Signal(9) to OomKill).
+//!
+//! Limit: an OOM in an ancestor with its own memory limit (a limited `strata.slice`) notifies
+//! every unit below it; a unit notified that way and later SIGKILLed for another reason is
+//! reported as OOM-killed. Strata sets no limit on its slice.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -49,6 +54,7 @@ impl WatchState {
     /// Takes in pending notifications and re-evaluates; returns whether an OOM kill of this
     /// cgroup's processes is established.
     fn step(&mut self) -> bool {
+        let before = self.notifications;
         let mut buf = [0u8; 8];
         loop {
             match self.efd.get_ref().read(&mut buf) {
@@ -62,8 +68,11 @@ impl WatchState {
         if self.confirmed {
             return true;
         }
+        // The counter is read after the eventfd: a removal notification always comes after the
+        // directory is gone, so one taken in while the directory still exists is an OOM
+        // notification (sent just before the victim is killed and counted).
         match read_oom_kill(&self.oom_control) {
-            Some(kills) => self.confirmed = kills > 0,
+            Some(kills) => self.confirmed = kills > 0 || self.notifications > before,
             // The cgroup is gone: its removal accounts for one notification, any other was an
             // OOM notification.
             None => self.confirmed = self.notifications >= 2,

@@ -90,39 +90,125 @@ enum Kind {
 fn kind_of(name: &str) -> Option<Kind> {
     use Kind::*;
     let kind = match name {
-        "MemoryMax" | "MemoryHigh" | "MemoryLow" | "MemoryMin" | "MemorySwapMax" | "TasksMax"
-        | "CPUQuotaPerSecUSec" | "CPUQuotaPeriodUSec" | "CPUWeight" | "StartupCPUWeight"
-        | "IOWeight" | "StartupIOWeight" | "TimeoutStartUSec" | "TimeoutStopUSec"
-        | "TimeoutAbortUSec" | "RuntimeMaxUSec" | "WatchdogUSec" | "RestartUSec"
-        | "StartLimitIntervalUSec" | "LimitCPU" | "LimitFSIZE" | "LimitDATA" | "LimitSTACK"
-        | "LimitCORE" | "LimitRSS" | "LimitNOFILE" | "LimitAS" | "LimitNPROC"
-        | "LimitMEMLOCK" | "LimitLOCKS" | "LimitSIGPENDING" | "LimitMSGQUEUE" | "LimitNICE"
-        | "LimitRTPRIO" | "LimitRTTIME" => U64,
+        "MemoryMax"
+        | "MemoryHigh"
+        | "MemoryLow"
+        | "MemoryMin"
+        | "MemorySwapMax"
+        | "TasksMax"
+        | "CPUQuotaPerSecUSec"
+        | "CPUQuotaPeriodUSec"
+        | "CPUWeight"
+        | "StartupCPUWeight"
+        | "IOWeight"
+        | "StartupIOWeight"
+        | "TimeoutStartUSec"
+        | "TimeoutStopUSec"
+        | "TimeoutAbortUSec"
+        | "RuntimeMaxUSec"
+        | "WatchdogUSec"
+        | "RestartUSec"
+        | "StartLimitIntervalUSec"
+        | "LimitCPU"
+        | "LimitFSIZE"
+        | "LimitDATA"
+        | "LimitSTACK"
+        | "LimitCORE"
+        | "LimitRSS"
+        | "LimitNOFILE"
+        | "LimitAS"
+        | "LimitNPROC"
+        | "LimitMEMLOCK"
+        | "LimitLOCKS"
+        | "LimitSIGPENDING"
+        | "LimitMSGQUEUE"
+        | "LimitNICE"
+        | "LimitRTPRIO"
+        | "LimitRTTIME" => U64,
         "StartLimitBurst" => U32,
-        "UMask" | "RuntimeDirectoryMode" | "StateDirectoryMode" | "CacheDirectoryMode"
-        | "LogsDirectoryMode" | "ConfigurationDirectoryMode" => Mode,
+        "UMask"
+        | "RuntimeDirectoryMode"
+        | "StateDirectoryMode"
+        | "CacheDirectoryMode"
+        | "LogsDirectoryMode"
+        | "ConfigurationDirectoryMode" => Mode,
         "Nice" | "OOMScoreAdjust" => I32,
-        "DynamicUser" | "NoNewPrivileges" | "PrivateTmp" | "PrivateDevices" | "PrivateNetwork"
-        | "PrivateUsers" | "PrivateMounts" | "PrivateIPC" | "ProtectKernelTunables"
-        | "ProtectKernelModules" | "ProtectKernelLogs" | "ProtectControlGroups"
-        | "ProtectClock" | "ProtectHostname" | "RestrictRealtime" | "RestrictSUIDSGID"
-        | "LockPersonality" | "MemoryDenyWriteExecute" | "RemoveIPC" | "RemainAfterExit"
-        | "MemoryAccounting" | "TasksAccounting" | "CPUAccounting" | "IOAccounting"
-        | "IPAccounting" | "Delegate" | "SendSIGKILL" | "SendSIGHUP" | "IgnoreSIGPIPE" => Bool,
-        "Type" | "ProtectProc" | "ProcSubset" | "DevicePolicy" | "CollectMode" | "KillMode"
-        | "NotifyAccess" | "User" | "Group" | "WorkingDirectory" | "RootDirectory"
-        | "StandardInput" | "StandardOutput" | "StandardError" | "SyslogIdentifier"
-        | "KeyringMode" | "OOMPolicy" | "RuntimeDirectoryPreserve" | "PAMName"
-        | "Personality" | "ExitType" => Str,
+        "DynamicUser"
+        | "NoNewPrivileges"
+        | "PrivateTmp"
+        | "PrivateDevices"
+        | "PrivateNetwork"
+        | "PrivateUsers"
+        | "PrivateMounts"
+        | "PrivateIPC"
+        | "ProtectKernelTunables"
+        | "ProtectKernelModules"
+        | "ProtectKernelLogs"
+        | "ProtectControlGroups"
+        | "ProtectClock"
+        | "ProtectHostname"
+        | "RestrictRealtime"
+        | "RestrictSUIDSGID"
+        | "LockPersonality"
+        | "MemoryDenyWriteExecute"
+        | "RemoveIPC"
+        | "RemainAfterExit"
+        | "MemoryAccounting"
+        | "TasksAccounting"
+        | "CPUAccounting"
+        | "IOAccounting"
+        | "IPAccounting"
+        | "Delegate"
+        | "SendSIGKILL"
+        | "SendSIGHUP"
+        | "IgnoreSIGPIPE" => Bool,
+        "Type"
+        | "ProtectProc"
+        | "ProcSubset"
+        | "DevicePolicy"
+        | "CollectMode"
+        | "KillMode"
+        | "NotifyAccess"
+        | "User"
+        | "Group"
+        | "WorkingDirectory"
+        | "RootDirectory"
+        | "StandardInput"
+        | "StandardOutput"
+        | "StandardError"
+        | "SyslogIdentifier"
+        | "KeyringMode"
+        | "OOMPolicy"
+        | "RuntimeDirectoryPreserve"
+        | "PAMName"
+        | "Personality"
+        | "ExitType" => Str,
         "ProtectSystem" | "ProtectHome" => StrOrBool,
-        "ReadWritePaths" | "ReadOnlyPaths" | "InaccessiblePaths" | "ExecPaths"
-        | "NoExecPaths" | "Environment" | "UnsetEnvironment" | "PassEnvironment"
-        | "SystemCallArchitectures" | "SupplementaryGroups" | "RuntimeDirectory"
-        | "StateDirectory" | "CacheDirectory" | "LogsDirectory" | "ConfigurationDirectory"
-        | "Wants" | "Requires" | "After" | "Before" | "BindsTo" | "PartOf" | "Conflicts" => {
-            Strings
-        }
-        "RestrictAddressFamilies" | "SystemCallFilter" | "RestrictFileSystems"
+        "ReadWritePaths"
+        | "ReadOnlyPaths"
+        | "InaccessiblePaths"
+        | "ExecPaths"
+        | "NoExecPaths"
+        | "Environment"
+        | "UnsetEnvironment"
+        | "PassEnvironment"
+        | "SystemCallArchitectures"
+        | "SupplementaryGroups"
+        | "RuntimeDirectory"
+        | "StateDirectory"
+        | "CacheDirectory"
+        | "LogsDirectory"
+        | "ConfigurationDirectory"
+        | "Wants"
+        | "Requires"
+        | "After"
+        | "Before"
+        | "BindsTo"
+        | "PartOf"
+        | "Conflicts" => Strings,
+        "RestrictAddressFamilies"
+        | "SystemCallFilter"
+        | "RestrictFileSystems"
         | "SystemCallLog" => AllowList,
         "CapabilityBoundingSet" | "AmbientCapabilities" => Capabilities,
         "SocketBindAllow" | "SocketBindDeny" => SocketBind,
@@ -140,8 +226,8 @@ const RESERVED: &[&str] = &["Description", "Slice", "ExecStart", "Restart"];
 
 /// CLONE_NEWCGROUP | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUSER |
 /// CLONE_NEWUTS: systemd's "all namespaces allowed".
-const ALL_NAMESPACES: u64 = 0x0200_0000 | 0x0800_0000 | 0x4000_0000 | 0x0002_0000
-    | 0x2000_0000 | 0x1000_0000 | 0x0400_0000;
+const ALL_NAMESPACES: u64 =
+    0x0200_0000 | 0x0800_0000 | 0x4000_0000 | 0x0002_0000 | 0x2000_0000 | 0x1000_0000 | 0x0400_0000;
 
 fn shape(v: &PropValue) -> &'static str {
     match v {
@@ -329,9 +415,7 @@ fn encode_kind(kind: Kind, value: &PropValue) -> Result<Value<'static>, PropErr>
         (Kind::Strings, PropValue::Strings(v)) => Value::from(v.clone()),
         (Kind::Strings, PropValue::Str(s)) => Value::from(vec![s.clone()]),
         (Kind::Strings, _) => return Err(wrong("a list of strings")),
-        (Kind::AllowList, PropValue::List { allow, items }) => {
-            Value::from((*allow, items.clone()))
-        }
+        (Kind::AllowList, PropValue::List { allow, items }) => Value::from((*allow, items.clone())),
         (Kind::AllowList, _) => return Err(wrong("an allow/deny list")),
         (Kind::Capabilities, PropValue::Capabilities(names)) => Value::U64(cap_mask(names)?),
         (Kind::Capabilities, _) => return Err(wrong("a list of capabilities")),
@@ -407,7 +491,12 @@ fn socket_bind(e: &SocketBind) -> Result<(i32, i32, u16, u16), PropErr> {
         "AF_INET" | "ipv4" => libc::AF_INET,
         "AF_INET6" | "ipv6" => libc::AF_INET6,
         "any" => libc::AF_UNSPEC,
-        other => return Err(PropErr::bad(other, "family is not AF_INET, AF_INET6 or any")),
+        other => {
+            return Err(PropErr::bad(
+                other,
+                "family is not AF_INET, AF_INET6 or any",
+            ));
+        }
     };
     let protocol = match e.protocol.as_str() {
         "tcp" => libc::IPPROTO_TCP,
@@ -489,7 +578,9 @@ mod tests {
     }
 
     fn sig(t: &TransientUnit, name: &str) -> String {
-        prop(t, name).map(|v| v.value_signature().to_string()).unwrap_or_default()
+        prop(t, name)
+            .map(|v| v.value_signature().to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -524,7 +615,10 @@ mod tests {
                     port: 8080,
                 }]),
             ),
-            Property::new("LoadCredential", Credentials(vec![("t".into(), "/run/x".into())])),
+            Property::new(
+                "LoadCredential",
+                Credentials(vec![("t".into(), "/run/x".into())]),
+            ),
             Property::new("SetCredential", Credentials(vec![("n".into(), "v".into())])),
             Property::new("UMask", Str("0077".into())),
             Property::new("IPAddressDeny", Strings(vec!["any".into()])),
@@ -583,11 +677,18 @@ mod tests {
             PropValue::Strings(vec!["A=1".into()]),
         )]))
         .expect("valid spec");
-        let envs: Vec<_> = t.properties.iter().filter(|(n, _)| n == "Environment").collect();
+        let envs: Vec<_> = t
+            .properties
+            .iter()
+            .filter(|(n, _)| n == "Environment")
+            .collect();
         assert_eq!(envs.len(), 1);
         assert_eq!(
             envs[0].1,
-            Value::from(vec!["A=1".to_string(), "STRATA_SPEC_HASH=abc123".to_string()])
+            Value::from(vec![
+                "A=1".to_string(),
+                "STRATA_SPEC_HASH=abc123".to_string()
+            ])
         );
     }
 
@@ -606,23 +707,43 @@ mod tests {
             }
         );
         // Positive control: a known boolean property is accepted.
-        assert!(encode(&spec(vec![Property::new("PrivateTmp", PropValue::Bool(true))])).is_ok());
+        assert!(
+            encode(&spec(vec![Property::new(
+                "PrivateTmp",
+                PropValue::Bool(true)
+            )]))
+            .is_ok()
+        );
     }
 
     #[test]
     fn wrong_shapes_and_values_are_errors() {
-        let e = encode(&spec(vec![Property::new("MemoryMax", PropValue::Bool(true))]));
-        assert!(matches!(e, Err(SpecError::WrongShape { ref property, .. }) if property == "MemoryMax"));
+        let e = encode(&spec(vec![Property::new(
+            "MemoryMax",
+            PropValue::Bool(true),
+        )]));
+        assert!(
+            matches!(e, Err(SpecError::WrongShape { ref property, .. }) if property == "MemoryMax")
+        );
         let e = encode(&spec(vec![Property::new(
             "CapabilityBoundingSet",
             PropValue::Capabilities(vec!["CAP_FLY".into()]),
         )]));
         assert!(matches!(e, Err(SpecError::BadValue { ref value, .. }) if value == "CAP_FLY"));
-        let e = encode(&spec(vec![Property::new("UMask", PropValue::Str("999".into()))]));
+        let e = encode(&spec(vec![Property::new(
+            "UMask",
+            PropValue::Str("999".into()),
+        )]));
         assert!(matches!(e, Err(SpecError::BadValue { .. })));
-        let e = encode(&spec(vec![Property::new("Slice", PropValue::Str("x.slice".into()))]));
+        let e = encode(&spec(vec![Property::new(
+            "Slice",
+            PropValue::Str("x.slice".into()),
+        )]));
         assert!(matches!(e, Err(SpecError::ReservedProperty { .. })));
-        let e = encode(&spec(vec![Property::new("Restart", PropValue::Str("always".into()))]));
+        let e = encode(&spec(vec![Property::new(
+            "Restart",
+            PropValue::Str("always".into()),
+        )]));
         assert!(matches!(e, Err(SpecError::ReservedProperty { .. })));
         let mut s = spec(vec![]);
         s.unit = "web.service".into();
