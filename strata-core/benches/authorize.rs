@@ -52,25 +52,26 @@ fn bench(c: &mut Criterion) {
     for i in 0..1000u32 {
         revoked.insert(&[i.to_be_bytes().as_slice(), &[0u8; 60]].concat());
     }
-    let limiter = RateLimiter::default();
-    let cache = TokenCache::default();
     let req = AuthzRequest {
         service: "fs",
         action: "read",
         path: Some("index.html"),
     };
-    let ctx = |cache: Option<&'static TokenCache>| AuthzContext {
-        root: Box::leak(Box::new(root)),
+    let (limiter_cold, limiter_warm) = (RateLimiter::default(), RateLimiter::default());
+    let cache = TokenCache::default();
+    let cold = AuthzContext {
+        root: &root,
         audience: "node-1",
-        revocations: Box::leak(Box::new(revoked.clone())),
-        limiter: Box::leak(Box::new(RateLimiter::default())),
-        cache,
-        limits: Box::leak(Box::new(limits.clone())),
+        revocations: &revoked,
+        limiter: &limiter_cold,
+        cache: None,
+        limits: &limits,
     };
-    let cache: &'static TokenCache = Box::leak(Box::new(cache));
-    let _ = &limiter;
-    let cold = ctx(None);
-    let warm = ctx(Some(cache));
+    let warm = AuthzContext {
+        limiter: &limiter_warm,
+        cache: Some(&cache),
+        ..cold
+    };
 
     let mut g = c.benchmark_group("authorize");
     for (name, token) in [

@@ -57,10 +57,8 @@ pub enum DeriveError {
     UnknownService { name: String },
 }
 
-/// The unit name of a service: `strata-<service>.service`.
-pub fn unit_name(service: &str) -> String {
-    format!("strata-{service}.service")
-}
+/// The unit name of a service: `strata-<service>.service` (one definition, in the reconciler).
+pub use crate::reconcile::unit_name;
 
 /// The token file the supervisor writes for `service`'s `call:<target>` capability.
 pub fn token_path(runtime_dir: &str, service: &str, target: &str) -> String {

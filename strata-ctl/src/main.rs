@@ -42,10 +42,15 @@ enum Command {
     Logs(cmd::service::LogsArgs),
     /// Follow the supervisor's events (state changes, crashes, health, reloads).
     Events,
+    /// Send one protocol v1 request (`strata-ctl call fs.list '{"path":"."}' --token T`;
+    /// the original `strata-ctl -token T fs.list '{…}'` works too).
+    Call(cmd::call::CallArgs),
+    /// Verify or show the audit log.
+    Audit(cmd::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cmd::call::rewrite_legacy_args(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(&args),
         Command::Status(args) => cmd::service::status(&args),
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
         Command::Reload => cmd::service::reload(),
         Command::Logs(args) => cmd::service::logs(&args),
         Command::Events => cmd::service::events(),
+        Command::Call(args) => cmd::call::run(&args),
+        Command::Audit(args) => cmd::audit::run(&args),
     };
     match result {
         Ok(code) => code,

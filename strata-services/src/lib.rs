@@ -6,3 +6,6 @@ pub mod launch;
 pub mod revocation;
 pub mod verifier;
 pub mod fs;
+pub mod audit;
+pub mod registry;
+pub mod bootstrap;

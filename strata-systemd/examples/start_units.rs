@@ -53,7 +53,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.count == 0 || args.parallel.iter().any(|p| *p == 0) {
+    if args.count == 0 || args.parallel.contains(&0) {
         bail!("--count and --parallel must be positive");
     }
     let driver = Arc::new(

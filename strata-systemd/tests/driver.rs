@@ -290,9 +290,12 @@ async fn stop_and_cleanup_leave_no_unit_behind() {
     let runs = spec("runs", &["/bin/sleep", "300"], vec![]);
     let fails = spec("fails", &["/bin/sh", "-c", "exit 3"], vec![]);
     let killed = spec("killed", &["/bin/sleep", "300"], vec![]);
-    for s in [&runs, &fails, &killed] {
+    for s in [&runs, &killed] {
         assert_eq!(d.start_and_wait(s).await.expect("start"), "done");
     }
+    // A process that exits at once may beat systemd's exec check: its start job then fails.
+    let job = d.start_and_wait(&fails).await.expect("start fails");
+    assert!(job == "done" || job == "failed", "{job}");
     d.kill(&killed.unit, libc::SIGKILL).await.expect("kill");
     // Wait (by event) until both failures are recorded.
     let mut rx = d.events().await.expect("events");
@@ -676,4 +679,103 @@ async fn after_the_bus_drops_the_stream_reconnects_and_resyncs() {
     })
     .await;
     sd.shutdown().expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowing_consumer_gets_counted_and_resynced() {
+    const N: usize = 6;
+    let sd = boot();
+    let config = DriverConfig {
+        cgroup_root: sd.root().join("sys/fs/cgroup"),
+        event_capacity: 2,
+    };
+    let d = SystemdDriver::connect_with(BusTarget::Address(sd.bus_address()), config)
+        .await
+        .expect("connect");
+    let mut rx = d.events().await.expect("events");
+    assert_eq!(first_resync(&mut rx).await, vec![]);
+    let specs: Vec<UnitSpec> = (0..N)
+        .map(|i| spec(&format!("flood-{i}"), &["/bin/sleep", "300"], vec![]))
+        .collect();
+    // Not reading while all of them start: the channel (2 slots) overflows.
+    for s in &specs {
+        assert_eq!(d.start_and_wait(s).await.expect("start"), "done");
+    }
+    let lagged = || {
+        d.metrics()
+            .bus_lagged_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(lagged() > 0, "the channel must have overflowed");
+    // Reading again: a Resync follows, and the current state of every unit arrives.
+    let mut state: HashMap<String, UnitPhase> = HashMap::new();
+    let mut resyncs = 0;
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !(resyncs > 0 && state.len() == N && state.values().all(|p| *p == UnitPhase::Running)) {
+        match timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            rx.recv(),
+        )
+        .await
+        {
+            Ok(Some(DriverEvent::Resync(all))) => {
+                resyncs += 1;
+                state = all.into_iter().map(|o| (o.unit, o.phase)).collect();
+            }
+            Ok(Some(DriverEvent::Changed(o))) => {
+                state.insert(o.unit, o.phase);
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) => panic!("event stream ended"),
+            Err(_) => panic!("state not converged: resyncs {resyncs}, {state:?}"),
+        }
+    }
+    sd.shutdown().expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_do_not_disturb_each_other() {
+    let a = boot();
+    let b = boot();
+    assert_ne!(a.pid(), b.pid());
+    let (da, db) = (driver(&a).await, driver(&b).await);
+    let mut rx_a = da.events().await.expect("events a");
+    let mut rx_b = db.events().await.expect("events b");
+    assert_eq!(first_resync(&mut rx_a).await, vec![]);
+    assert_eq!(first_resync(&mut rx_b).await, vec![]);
+    // The same unit name in both.
+    let s = spec("same", &["/bin/sleep", "300"], vec![]);
+    assert_eq!(da.start_and_wait(&s).await.expect("start a"), "done");
+    assert_eq!(db.start_and_wait(&s).await.expect("start b"), "done");
+    wait_for(&mut rx_a, &s.unit, "Running", |o| {
+        o.phase == UnitPhase::Running
+    })
+    .await;
+    wait_for(&mut rx_b, &s.unit, "Running", |o| {
+        o.phase == UnitPhase::Running
+    })
+    .await;
+    let (ca, cb) = (details(&da, &s.unit).await, details(&db, &s.unit).await);
+    assert_ne!(
+        ca.control_group, cb.control_group,
+        "separate cgroup subtrees"
+    );
+
+    da.kill(&s.unit, libc::SIGKILL).await.expect("kill in a");
+    let failed = wait_for(&mut rx_a, &s.unit, "Failed", |o| {
+        matches!(o.phase, UnitPhase::Failed(_))
+    })
+    .await;
+    assert_eq!(failed.phase, UnitPhase::Failed(ExitReason::Signal(9)));
+    // b saw nothing and its unit still runs.
+    assert!(
+        timeout(Duration::from_millis(300), rx_b.recv())
+            .await
+            .is_err(),
+        "instance b must see no event"
+    );
+    assert_eq!(details(&db, &s.unit).await.phase(), UnitPhase::Running);
+    a.shutdown().expect("shutdown a");
+    assert_eq!(details(&db, &s.unit).await.phase(), UnitPhase::Running);
+    b.shutdown().expect("shutdown b");
 }

@@ -64,6 +64,7 @@ fn spawn(fake: FakeDriver, path: &Path) -> Running {
         manifest_path: path.to_owned(),
         launch: LaunchSettings::default(),
         seed: 7,
+        watchdog: None,
     };
     let sup = Supervisor::new(fake.clone(), publisher.clone(), config, &manifest, QuarantineStore::in_memory())
         .expect("supervisor");

@@ -2,3 +2,5 @@
 
 pub mod check;
 pub mod service;
+pub mod audit;
+pub mod call;

@@ -425,7 +425,25 @@ impl FsService {
             .path
             .as_ref()
             .ok_or_else(|| RpcError::internal("authorize granted fs.list without a path"))?;
-        let fd = self.resolver.open(scoped, &p.path, OpenKind::Directory)?;
+        // Resolve without opening content first, so that a file is named as such.
+        let pathfd = self.resolver.open(scoped, &p.path, OpenKind::Path)?;
+        let st = rustix::fs::fstat(&pathfd)
+            .map_err(|e| RpcError::internal(format!("stat of `{}` failed: {e}", p.path)))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(RpcError::invalid_argument(format!(
+                "`{}` is not a directory (it is a {}): open it with fs.open",
+                p.path,
+                type_name(FileType::from_raw_mode(st.st_mode))
+            ))
+            .with_detail("path", p.path.as_str()));
+        }
+        let fd = rustix::fs::openat(
+            &pathfd,
+            ".",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| resolve::open_error(e, &p.path, &scoped.base))?;
         let mut dir = rustix::fs::Dir::read_from(&fd).map_err(|e| {
             RpcError::internal(format!("reading directory `{}` failed: {e}", p.path))
         })?;

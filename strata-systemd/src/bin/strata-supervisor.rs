@@ -92,7 +92,10 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot own {BUS_NAME} on the system bus (is the D-Bus policy installed?)"))?;
     let publisher = BusPublisher::new(&conn)?;
 
-    let config = SupervisorConfig { manifest_path: args.config.clone(), launch, seed: rand_seed() };
+    let config = SupervisorConfig { manifest_path: args.config.clone(), launch,
+        seed: rand_seed(),
+        watchdog: sd_notify::watchdog_enabled(),
+    };
     let hooks = NodeHooks::new(
         &manifest.node.runtime_dir,
         manifest.core.enabled(CoreService::Registry),

@@ -36,6 +36,9 @@ pub struct SupervisorConfig {
     pub launch: LaunchSettings,
     /// Seed of the backoff jitter.
     pub seed: u64,
+    /// systemd's watchdog interval (WATCHDOG_USEC): the loop itself pings at half of it, so a
+    /// stuck loop is restarted by systemd. None = no timer at all.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 /// Why the loop ended abnormally.
@@ -151,6 +154,7 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
             .events()
             .await
             .map_err(|e| SupervisorError::Events(e.to_string()))?;
+        let mut watchdog = self.config.watchdog.map(|w| tokio::time::interval(w / 2));
         loop {
             let sleep = self.next_wakeup.map(|at| {
                 let wait = at.saturating_duration_since(self.now());
@@ -170,6 +174,10 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
                     }
                 },
                 () = sleep_until(sleep) => {}
+                () = watchdog_tick(watchdog.as_mut()) => {
+                    self.publisher.publish(Published::Watchdog).await;
+                    continue;
+                }
             }
             // Take in every event already queued before planning: one plan per burst.
             while let Ok(ev) = events.try_recv() {
@@ -391,6 +399,15 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn watchdog_tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
         None => std::future::pending().await,
     }
 }

@@ -19,6 +19,8 @@ pub enum Published {
     Health { service: String, ok: bool },
     Crashed { service: String, reason: String },
     ConfigUpdated(u64),
+    /// The loop is alive (sd_notify WATCHDOG=1).
+    Watchdog,
     Shutdown,
 }
 
@@ -72,6 +74,10 @@ impl Publisher for BusPublisher {
                     sd_notify::NotifyState::Ready,
                     sd_notify::NotifyState::Status(&format!("managing {services} services")),
                 ]);
+                Ok(())
+            }
+            Published::Watchdog => {
+                notify(&[sd_notify::NotifyState::Watchdog]);
                 Ok(())
             }
             Published::Status(line) => {

@@ -238,6 +238,7 @@ impl<'a> Session<'a> {
                 },
             );
         }
+        self.task.oom.retain(|u| self.units.contains_key(u));
         let running: Vec<String> = self
             .units
             .iter()

@@ -340,6 +340,10 @@ impl OomWatches {
     pub(crate) fn remove(&self, unit: &str) {
         self.lock().remove(unit);
     }
+    /// Drops the watches of units that are no longer loaded.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|unit, _| keep(unit));
+    }
     pub(crate) fn check(&self, unit: &str) -> Option<bool> {
         self.lock().get(unit).map(OomWatch::check)
     }

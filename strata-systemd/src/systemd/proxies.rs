@@ -4,6 +4,11 @@
 //! (`MainPID`, `NRestarts`, `CPUQuotaPerSecUSec`, ...). Values that systemd never announces in a
 //! change signal (`MemoryCurrent`, `TasksCurrent`, `ControlGroup`) must be read through a proxy
 //! built with `CacheProperties::No`, or zbus hands back stale values.
+//!
+//! Why not the `zbus_systemd` crate: its last release on zbus 5 (0.26100.0) is generated from
+//! systemd 261, so methods and properties newer than the machine's systemd 252 compile and then
+//! fail only at run time; later releases need zbus 6; and it still needs the caching and
+//! naming care above. The handful of members Strata uses are written out here instead.
 
 use zbus::proxy;
 use zbus::zvariant::{OwnedObjectPath, Value};

@@ -132,7 +132,7 @@ fn kind_of(name: &str) -> Option<Kind> {
         | "CacheDirectoryMode"
         | "LogsDirectoryMode"
         | "ConfigurationDirectoryMode" => Mode,
-        "Nice" | "OOMScoreAdjust" => I32,
+        "Nice" | "OOMScoreAdjust" | "SystemCallErrorNumber" => I32,
         "DynamicUser"
         | "NoNewPrivileges"
         | "PrivateTmp"
@@ -398,10 +398,12 @@ fn encode_kind(kind: Kind, value: &PropValue) -> Result<Value<'static>, PropErr>
             return Err(PropErr::bad(format!("{n:o}"), "mode above 7777"));
         }
         (Kind::Mode, _) => return Err(wrong("an octal mode (number or string)")),
-        (Kind::I32, PropValue::Str(s)) => Value::I32(
-            s.parse::<i32>()
+        (Kind::I32, PropValue::Str(s)) => Value::I32(match errno_number(s) {
+            Some(n) => n,
+            None => s
+                .parse::<i32>()
                 .map_err(|e| PropErr::bad(s, e.to_string()))?,
-        ),
+        }),
         (Kind::I32, _) => return Err(wrong("a signed number as a string")),
         (Kind::Bool, PropValue::Bool(b)) => Value::Bool(*b),
         (Kind::Bool, PropValue::Str(s)) => {
@@ -553,6 +555,19 @@ fn ip_prefixes(word: &str, out: &mut Vec<(i32, Vec<u8>, u32)>) -> Result<(), Pro
         }
     }
     Ok(())
+}
+
+/// Errno names systemd accepts in unit files where D-Bus wants the number
+/// (`SystemCallErrorNumber=EPERM`).
+fn errno_number(name: &str) -> Option<i32> {
+    Some(match name {
+        "EPERM" => libc::EPERM,
+        "EACCES" => libc::EACCES,
+        "ENOSYS" => libc::ENOSYS,
+        "EINVAL" => libc::EINVAL,
+        "ENOENT" => libc::ENOENT,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
