@@ -12,7 +12,11 @@ fn drain(dec: &mut FrameDecoder, out: &mut Vec<Vec<u8>>) -> Option<FrameError> {
     loop {
         match dec.next_frame() {
             Ok(Some(f)) => {
-                assert!(f.len() <= LIMIT, "frame of {} bytes over the limit", f.len());
+                assert!(
+                    f.len() <= LIMIT,
+                    "frame of {} bytes over the limit",
+                    f.len()
+                );
                 out.push(f.to_vec());
             }
             Ok(None) => return None,

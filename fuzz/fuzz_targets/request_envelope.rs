@@ -5,7 +5,12 @@
 use libfuzzer_sys::fuzz_target;
 use strata_core::protocol::{MAX_FRAME_LEN, parse_request, parse_response};
 
-const METHODS: &[&str] = &["fs.read", "fs.list", "identity.issue", "supervisor.svc.list"];
+const METHODS: &[&str] = &[
+    "fs.read",
+    "fs.list",
+    "identity.issue",
+    "supervisor.svc.list",
+];
 
 fuzz_target!(|data: &[u8]| {
     match parse_request(data, METHODS) {

@@ -375,10 +375,38 @@ fn properties(
             }]),
         ));
     }
+    // A core service is a DynamicUser unit and cannot create anything in <runtime_dir> or
+    // <state_dir>, both root's: systemd creates its own directories there, owned by its
+    // dynamic user and writable despite ProtectSystem=strict (validation keeps runtime_dir
+    // beneath /run and state_dir beneath /var/lib for core services). It listens on
+    // <runtime_dir>/<name>/<name>.sock; the supervisor links <runtime_dir>/<name>.sock to it.
+    let mut own_dirs: Vec<String> = Vec::new();
+    if let ServiceKind::Core(core) = decl.kind {
+        let runtime = format!("{}/{service}", manifest.node.runtime_dir);
+        if let Some(rel) = runtime.strip_prefix("/run/") {
+            p.push(prop(
+                "RuntimeDirectory",
+                PropValue::Strings(vec![rel.to_owned()]),
+            ));
+            own_dirs.push(runtime);
+        }
+        let state = manifest.core_state_dir(core);
+        if caps.contains(&Capability::FsWrite(state.clone()))
+            && let Some(rel) = state.strip_prefix("/var/lib/")
+        {
+            p.push(prop(
+                "StateDirectory",
+                PropValue::Strings(vec![rel.to_owned()]),
+            ));
+            // The root key lives there: the owner only.
+            p.push(prop("StateDirectoryMode", PropValue::U32(0o700)));
+            own_dirs.push(state);
+        }
+    }
     let writable: Vec<String> = caps
         .iter()
         .filter_map(|c| match c {
-            Capability::FsWrite(path) => Some(path.clone()),
+            Capability::FsWrite(path) if !own_dirs.contains(path) => Some(path.clone()),
             _ => None,
         })
         .collect();
@@ -543,7 +571,9 @@ pub fn render_property(property: &Property) -> Vec<String> {
     match &property.value {
         PropValue::Bool(b) => vec![line(if *b { "yes" } else { "no" }.to_owned())],
         PropValue::Str(s) => vec![line(s.clone())],
-        PropValue::U32(n) if name == "UMask" => vec![line(format!("{n:04o}"))],
+        PropValue::U32(n) if name == "UMask" || name.ends_with("DirectoryMode") => {
+            vec![line(format!("{n:04o}"))]
+        }
         PropValue::U64(n) if name == "MemoryMax" => vec![line(format_size(*n))],
         PropValue::U64(n) if name == "CPUQuotaPerSecUSec" => {
             // The unit-file spelling of the same setting is CPUQuota= in percent.

@@ -10,6 +10,7 @@ pub mod derive;
 pub mod graph;
 pub mod launch_args;
 pub mod manifest;
+pub mod metrics;
 pub mod observed;
 pub mod protocol;
 pub mod quantity;

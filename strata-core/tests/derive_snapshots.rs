@@ -315,8 +315,8 @@ fn core_fs_unit_serves_its_roots() {
     .expect("valid");
     expect![[r#"
         strata-fs.service (service fs, slice strata.slice)
-          Description=Strata core service fs (capabilities: fs.read:/srv/data, fs.read:/srv/www, fs.write:/run/strata)
-          ExecStart=/usr/lib/strata/strata-launch --service fs --ruleset-json "{\"read\":[\"/srv/data\",\"/srv/www\"],\"write\":[\"/run/strata\",\"/tmp\",\"/var/tmp\"],\"bind_tcp\":[],\"connect_tcp\":[],\"allow_degraded\":false}" -- /usr/lib/strata/strata-fs --node-id node-1 --runtime-dir /run/strata --root /srv/www --root /srv/data
+          Description=Strata core service fs (capabilities: fs.read:/run/strata, fs.read:/srv/data, fs.read:/srv/www, fs.write:/run/strata/fs, call:audit)
+          ExecStart=/usr/lib/strata/strata-launch --service fs --ruleset-json "{\"read\":[\"/run/strata\",\"/srv/data\",\"/srv/www\"],\"write\":[\"/run/strata/fs\",\"/tmp\",\"/var/tmp\"],\"bind_tcp\":[],\"connect_tcp\":[],\"allow_degraded\":false}" -- /usr/lib/strata/strata-fs --node-id node-1 --runtime-dir /run/strata --root /srv/www --root /srv/data
           Type=exec
           Restart=no
           DynamicUser=yes
@@ -347,14 +347,15 @@ fn core_fs_unit_serves_its_roots() {
           UMask=0077
           InaccessiblePaths=-/run/dbus -/var/run/dbus
           RestrictAddressFamilies=AF_UNIX
-          ReadWritePaths=/run/strata
+          RuntimeDirectory=strata/fs
+          LoadCredential=strata-token-audit:/run/strata/credentials/fs/audit.token
           Landlock (applied by strata-launch, plus what exec needs):
-            read beneath:  /srv/data /srv/www
-            write beneath: /run/strata /tmp /var/tmp
+            read beneath:  /run/strata /srv/data /srv/www
+            write beneath: /run/strata/fs /tmp /var/tmp
             bind tcp:      (none)
             connect tcp:   (none)
             if the kernel cannot enforce all of it: refuse to start
-          spec hash: e3387a74520bbb7fb574580e9da163b9e22a6cf027ddaf82881f9925db52d5a5
+          spec hash: e829d5144ad413f69ad8fd1349db2a5331c6496b5c23633b3660885dfdc572b4
     "#]].assert_eq(&render_unit(
         &derive_unit(&m, "fs", &launch()).expect("fs derives"),
     ));

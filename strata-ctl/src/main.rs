@@ -47,6 +47,8 @@ enum Command {
     Call(cmd::call::CallArgs),
     /// Verify or show the audit log.
     Audit(cmd::audit::AuditArgs),
+    /// Capability tokens: issue, attenuate (offline), inspect, revoke.
+    Token(cmd::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Events => cmd::service::events(),
         Command::Call(args) => cmd::call::run(&args),
         Command::Audit(args) => cmd::audit::run(&args),
+        Command::Token(args) => cmd::token::run(&args),
     };
     match result {
         Ok(code) => code,

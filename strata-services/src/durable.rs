@@ -3,7 +3,7 @@
 //! was acknowledged and never leaves a half-written file behind.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,26 +138,39 @@ pub fn create_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<bool, Du
     }
 }
 
-/// An append-only log of lines, each fsync'ed before `append` returns.
+/// Bytes of zeros the log file grows by at a time.
+const LOG_CHUNK: usize = 256 * 1024;
+
+/// An append-only log of lines, each made durable before `append` returns.
+///
+/// The file is kept ahead of its content by a zero-filled region written (and fsync'ed)
+/// in advance, so an append overwrites blocks that already exist and its `fdatasync`
+/// needs no metadata journal commit (on ext4 that halves the p99 of an append). The
+/// content is everything before the first NUL byte; lines never contain NUL.
 #[derive(Debug)]
 pub struct LineLog {
     path: PathBuf,
     file: File,
+    /// Offset of the next append.
+    end: u64,
+    /// Current file size (zeros from `end` to here).
+    capacity: u64,
 }
 
 impl LineLog {
     /// Opens (creating with `mode`) the log and returns it with its complete lines. A last
     /// line without its newline is a write cut short by a crash, never acknowledged: it is
-    /// truncated away. `check` validates each line; a bad complete line is an error.
+    /// zeroed away. `check` validates each line; a bad complete line is an error.
     pub fn open(
         path: &Path,
         mode: u32,
         check: impl Fn(&str) -> Result<(), String>,
     ) -> Result<(Self, Vec<String>), DurableError> {
+        use std::os::unix::fs::FileExt;
         let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
             .mode(mode)
             .custom_flags(libc::O_CLOEXEC)
@@ -169,16 +182,18 @@ impl LineLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(io_err("reading", path))?;
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if complete < bytes.len() {
-            tracing::warn!(path = %path.display(), bytes = bytes.len() - complete,
+        let data_end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        let complete = bytes[..data_end]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        if complete < data_end {
+            tracing::warn!(path = %path.display(), bytes = data_end - complete,
                 "dropping a torn last line (a write interrupted by a crash)");
-            file.set_len(complete as u64)
-                .map_err(io_err("truncating", path))?;
-            file.sync_all().map_err(io_err("fsyncing", path))?;
+            file.write_all_at(&vec![0u8; data_end - complete], complete as u64)
+                .map_err(io_err("zeroing the torn tail of", path))?;
+            file.sync_data().map_err(io_err("fsyncing", path))?;
         }
-        file.seek(SeekFrom::End(0))
-            .map_err(io_err("seeking", path))?;
         let text = std::str::from_utf8(&bytes[..complete]).map_err(|e| DurableError::Corrupt {
             path: path.to_owned(),
             line: bytes[..e.valid_up_to()]
@@ -197,26 +212,65 @@ impl LineLog {
             })?;
             lines.push(line.to_owned());
         }
-        Ok((
-            Self {
+        // Anything after the first NUL must be zeros (the preallocated region).
+        if bytes[data_end..].iter().any(|&b| b != 0) {
+            return Err(DurableError::Corrupt {
                 path: path.to_owned(),
-                file,
-            },
-            lines,
-        ))
+                line: lines.len() + 1,
+                problem: "data after the end of the log".to_owned(),
+            });
+        }
+        let mut log = Self {
+            path: path.to_owned(),
+            file,
+            end: complete as u64,
+            capacity: bytes.len() as u64,
+        };
+        log.reserve(LOG_CHUNK as u64 / 4)?;
+        Ok((log, lines))
     }
 
-    /// Appends one line (no newline inside) and fdatasyncs before returning.
+    /// Makes sure `room` bytes of zeros follow the content, growing the file (and fsyncing
+    /// it, size included) when needed.
+    fn reserve(&mut self, room: u64) -> Result<(), DurableError> {
+        use std::os::unix::fs::FileExt;
+        if self.capacity - self.end >= room {
+            return Ok(());
+        }
+        let grow = room.max(LOG_CHUNK as u64);
+        let zeros = vec![0u8; usize::try_from(grow).unwrap_or(LOG_CHUNK)];
+        self.file
+            .write_all_at(&zeros, self.capacity)
+            .map_err(io_err("growing", &self.path))?;
+        self.file
+            .sync_all()
+            .map_err(io_err("fsyncing", &self.path))?;
+        self.capacity += zeros.len() as u64;
+        Ok(())
+    }
+
+    /// Appends one line (no newline or NUL inside) and fdatasyncs before returning.
     pub fn append(&mut self, line: &str) -> Result<(), DurableError> {
+        use std::os::unix::fs::FileExt;
+        if line.bytes().any(|b| b == b'\n' || b == 0) {
+            return Err(DurableError::Corrupt {
+                path: self.path.clone(),
+                line: 0,
+                problem: "a log line may not contain a newline or NUL".to_owned(),
+            });
+        }
         let mut record = Vec::with_capacity(line.len() + 1);
         record.extend_from_slice(line.as_bytes());
         record.push(b'\n');
+        self.reserve(record.len() as u64)?;
         self.file
-            .write_all(&record)
+            .write_all_at(&record, self.end)
             .map_err(io_err("appending to", &self.path))?;
         self.file
             .sync_data()
-            .map_err(io_err("fsyncing", &self.path))
+            .map_err(io_err("fsyncing", &self.path))?;
+        self.end += record.len() as u64;
+        Ok(())
     }
 
     /// The log's path.
@@ -260,24 +314,36 @@ mod tests {
 
     #[test]
     fn line_log_survives_reopen_and_drops_a_torn_tail() {
+        use std::os::unix::fs::FileExt;
         let d = dir("log");
         let p = d.join("log");
         let ok = |_: &str| Ok(());
-        {
+        let content = |p: &Path| {
+            let b = std::fs::read(p).expect("read");
+            let end = b.iter().position(|&x| x == 0).unwrap_or(b.len());
+            String::from_utf8(b[..end].to_vec()).expect("utf-8")
+        };
+        let end = {
             let (mut log, lines) = LineLog::open(&p, 0o600, ok).expect("open");
             assert!(lines.is_empty());
             log.append("a").expect("append");
             log.append("b").expect("append");
-        }
+            log.end
+        };
+        assert!(
+            std::fs::metadata(&p).expect("stat").len() >= LOG_CHUNK as u64,
+            "preallocated"
+        );
         // Simulate a crash in the middle of a third append.
-        let mut f = OpenOptions::new().append(true).open(&p).expect("open raw");
-        f.write_all(b"c-partial").expect("write");
+        let f = OpenOptions::new().write(true).open(&p).expect("open raw");
+        f.write_all_at(b"c-partial", end).expect("write");
         drop(f);
         let (mut log, lines) = LineLog::open(&p, 0o600, ok).expect("reopen");
         assert_eq!(lines, vec!["a", "b"]);
         log.append("c").expect("append");
+        assert!(log.append("x\ny").is_err(), "no newline inside a line");
         drop(log);
-        assert_eq!(std::fs::read_to_string(&p).expect("read"), "a\nb\nc\n");
+        assert_eq!(content(&p), "a\nb\nc\n");
         let bad = |l: &str| {
             if l == "b" {
                 Err("b is bad".to_owned())
@@ -287,6 +353,15 @@ mod tests {
         };
         let e = LineLog::open(&p, 0o600, bad).expect_err("corrupt line");
         assert_eq!(e.to_string(), format!("{} line 2: b is bad", p.display()));
+        // Growth past the preallocated region keeps every line.
+        let (mut log, _) = LineLog::open(&p, 0o600, ok).expect("reopen");
+        let long = "z".repeat(1000);
+        for _ in 0..300 {
+            log.append(&long).expect("append");
+        }
+        drop(log);
+        let (_, lines) = LineLog::open(&p, 0o600, ok).expect("reopen");
+        assert_eq!(lines.len(), 303);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

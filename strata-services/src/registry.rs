@@ -209,7 +209,7 @@ struct StateFile {
 /// Why the registry cannot start or save.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The state file could not be read.
+    /// The state directory or file could not be created or read.
     #[error("cannot read the registrations {path}: {source}")]
     Read {
         /// The file.
@@ -259,6 +259,15 @@ struct ServiceParams {
 #[serde(deny_unknown_fields)]
 struct ListParams {}
 
+/// Creates a directory (and its parents) readable by its owner only, if missing.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 fn check_name(service: &str) -> Result<(), RpcError> {
     if service == "supervisor" {
         return Ok(());
@@ -282,6 +291,10 @@ impl Registry {
     /// Loads the registrations kept in `state_dir`; `verifier` decides tokens (without one,
     /// only uid 0 may register).
     pub fn open(state_dir: &Path, verifier: Option<Arc<Verifier>>) -> Result<Self, RegistryError> {
+        create_private_dir(state_dir).map_err(|source| RegistryError::Read {
+            path: state_dir.to_owned(),
+            source,
+        })?;
         let path = state_dir.join(STATE_FILE);
         let entries = match std::fs::read(&path) {
             Ok(bytes) => {

@@ -27,6 +27,103 @@ struct Args {
     /// Starts in flight at once; repeat for several runs.
     #[arg(long = "parallel", default_values_t = [1usize, 16])]
     parallel: Vec<usize>,
+    /// Also time the same sequential starts made with bare zbus calls (no driver), as the
+    /// floor to compare the driver's numbers with in the same run.
+    #[arg(long)]
+    baseline: bool,
+}
+
+/// Sequential starts with bare zbus calls: StartTransientUnit with the same properties the
+/// driver sends for a plain unit, awaiting each JobRemoved; then StopUnit + ResetFailedUnit.
+async fn baseline(address: Option<&str>, count: usize) -> anyhow::Result<Duration> {
+    use zbus::zvariant::{OwnedObjectPath, Value};
+    let conn = match address {
+        Some(a) => zbus::connection::Builder::address(a)?.build().await?,
+        None => zbus::Connection::system().await?,
+    };
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.systemd1")?
+        .interface("org.freedesktop.systemd1.Manager")?
+        .member("JobRemoved")?
+        .build();
+    let mut jobs = zbus::MessageStream::for_match_rule(rule, &conn, Some(4096)).await?;
+    conn.call_method(
+        Some("org.freedesktop.systemd1"),
+        "/org/freedesktop/systemd1",
+        Some("org.freedesktop.systemd1.Manager"),
+        "Subscribe",
+        &(),
+    )
+    .await?;
+    let started = Instant::now();
+    for i in 0..count {
+        let unit = format!("strata-baseline-{i}.service");
+        let argv = vec!["/bin/sleep".to_string(), "600".to_string()];
+        let props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from("baseline")),
+            ("Slice", Value::from("strata.slice")),
+            (
+                "ExecStart",
+                Value::from(vec![("/bin/sleep".to_string(), argv, false)]),
+            ),
+            ("Restart", Value::from("no")),
+            ("Type", Value::from("exec")),
+            ("CollectMode", Value::from("inactive")),
+            (
+                "Environment",
+                Value::from(vec!["STRATA_SPEC_HASH=bench".to_string()]),
+            ),
+        ];
+        let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "StartTransientUnit",
+                &(unit.as_str(), "fail", props, aux),
+            )
+            .await?;
+        let job: OwnedObjectPath = reply.body().deserialize()?;
+        let result = wait_job(&mut jobs, &job).await?;
+        if result != "done" {
+            bail!("baseline start of {unit} ended with {result}");
+        }
+    }
+    let elapsed = started.elapsed();
+    for i in 0..count {
+        let unit = format!("strata-baseline-{i}.service");
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "StopUnit",
+                &(unit.as_str(), "replace"),
+            )
+            .await?;
+        let job: OwnedObjectPath = reply.body().deserialize()?;
+        wait_job(&mut jobs, &job).await?;
+    }
+    Ok(elapsed)
+}
+
+/// Reads JobRemoved signals until `job`'s; returns its result.
+async fn wait_job(
+    jobs: &mut zbus::MessageStream,
+    job: &zbus::zvariant::OwnedObjectPath,
+) -> anyhow::Result<String> {
+    loop {
+        let Some(msg) = jobs.next().await else {
+            bail!("the bus connection closed");
+        };
+        let (_, done, _, result): (u32, zbus::zvariant::OwnedObjectPath, String, String) =
+            msg?.body().deserialize()?;
+        if &done == job {
+            return Ok(result);
+        }
+    }
 }
 
 fn spec(run: usize, i: usize) -> UnitSpec {
@@ -63,6 +160,15 @@ async fn main() -> anyhow::Result<()> {
         }
         .context("connecting to systemd")?,
     );
+
+    if args.baseline {
+        let t = baseline(args.address.as_deref(), args.count).await?;
+        println!(
+            "baseline (bare zbus, no driver) count={} parallel= 1: {:.2} ms/unit",
+            args.count,
+            t.as_secs_f64() * 1e3 / args.count as f64
+        );
+    }
 
     // Reference for this machine's current speed: one D-Bus round trip to systemd
     // (ListUnitsByPatterns while no strata unit exists).

@@ -303,8 +303,14 @@ impl Manifest {
             "--runtime-dir".to_owned(),
             node.runtime_dir.clone(),
         ];
-        // Every core service serves <runtime_dir>/<name>.sock: it must create files there.
-        let mut capabilities = vec![Capability::FsWrite(node.runtime_dir.clone())];
+        // A core service is a DynamicUser unit: it cannot create files in <runtime_dir> (root's)
+        // and listens in its own runtime directory <runtime_dir>/<name> (RuntimeDirectory=,
+        // see derive), which the supervisor links as <runtime_dir>/<name>.sock. It reads the
+        // rest of <runtime_dir>: identity.pub and the other services' socket links.
+        let mut capabilities = vec![
+            Capability::FsRead(node.runtime_dir.clone()),
+            Capability::FsWrite(format!("{}/{}", node.runtime_dir, which.name())),
+        ];
         match which {
             CoreService::Identity | CoreService::Registry | CoreService::Audit => {
                 let state = self.core_state_dir(which);
@@ -326,6 +332,13 @@ impl Manifest {
                     exec.push("--writable".to_owned());
                 }
             }
+        }
+        // fs and registry ship their authorization decisions to audit, with the token of a
+        // `call:audit` capability (as DynamicUser units they have no other authority there).
+        if matches!(which, CoreService::Fs | CoreService::Registry)
+            && self.core.enabled(CoreService::Audit)
+        {
+            capabilities.push(Capability::Call(CoreService::Audit.name().to_owned()));
         }
         if which == CoreService::Identity {
             exec.push("--token-ttl-default".to_owned());

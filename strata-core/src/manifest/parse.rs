@@ -433,7 +433,11 @@ impl<'s> Parser<'s> {
         };
         let dir = |p: &mut Self, key: &str, default: &str| -> Option<String> {
             match table.get_key_value(key) {
-                Some((_, v)) => p.abs_path(v, &format!("node.{key}")),
+                Some((_, v)) => {
+                    // Located for the checks that need the core services too (cross_checks).
+                    p.remember(&format!("node.{key}"), &v.span());
+                    p.abs_path(v, &format!("node.{key}"))
+                }
                 None => Some(default.to_owned()),
             }
         };
@@ -1158,6 +1162,39 @@ impl<'s> Parser<'s> {
                         problem: format!(
                             "core service `{}` verifies tokens with identity's key: disable it too or enable identity",
                             which.name()
+                        ),
+                    },
+                );
+            }
+        }
+        // Core services are DynamicUser units whose directories systemd creates
+        // (RuntimeDirectory=, StateDirectory=), which only exist beneath /run and /var/lib.
+        if let Some(first) = CoreService::ALL.into_iter().find(|c| core.enabled(*c)) {
+            for (key, value, base, setting) in [
+                (
+                    "runtime_dir",
+                    &node.runtime_dir,
+                    "/run",
+                    "RuntimeDirectory=",
+                ),
+                ("state_dir", &node.state_dir, "/var/lib", "StateDirectory="),
+            ] {
+                if value.as_str() != base && path_is_beneath(value, base) {
+                    continue;
+                }
+                let path = format!("node.{key}");
+                let location = self
+                    .locations
+                    .get(&path)
+                    .unwrap_or_else(|| self.location(0));
+                self.push_at(
+                    location,
+                    ManifestErrorKind::InvalidValue {
+                        path,
+                        value: quoted(value),
+                        problem: format!(
+                            "expected a directory beneath {base} (such as {base}/strata): the core services run as dynamic users whose directories systemd creates there ({setting}); core service `{}` is enabled",
+                            first.name()
                         ),
                     },
                 );

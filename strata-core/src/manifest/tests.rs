@@ -127,8 +127,10 @@ fn core_services_get_their_binaries_flags_and_capabilities() {
     assert_eq!(
         fs.capabilities,
         [
-            Capability::FsWrite("/run/strata".into()),
-            Capability::FsWrite("/srv".into())
+            Capability::FsRead("/run/strata".into()),
+            Capability::FsWrite("/run/strata/fs".into()),
+            Capability::FsWrite("/srv".into()),
+            Capability::Call("audit".into())
         ]
     );
     assert_eq!(fs.after, ["identity"]);
@@ -152,6 +154,15 @@ fn core_services_get_their_binaries_flags_and_capabilities() {
         ]
     );
     assert!(id.after.is_empty());
+    // Identity writes only its own runtime and state directories, and calls nobody.
+    assert_eq!(
+        id.capabilities,
+        [
+            Capability::FsRead("/run/strata".into()),
+            Capability::FsWrite("/run/strata/identity".into()),
+            Capability::FsWrite("/var/lib/strata/identity".into())
+        ]
+    );
     let names: Vec<String> = m.all_services().into_keys().collect();
     assert_eq!(names, ["audit", "fs", "identity", "registry"]);
 }

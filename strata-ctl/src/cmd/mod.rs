@@ -4,3 +4,4 @@ pub mod check;
 pub mod service;
 pub mod audit;
 pub mod call;
+pub mod token;

@@ -92,6 +92,7 @@ impl AuditLog {
     /// Opens (creating) the log in `dir`, verifying what is there; `now_secs` names a
     /// broken log kept aside.
     pub fn open(dir: &Path, now_secs: u64) -> Result<(Self, Recovery), AuditLogError> {
+        crate::registry::create_private_dir(dir).map_err(io_err("creating", dir))?;
         let path = dir.join(LOG_FILE);
         let head_path = dir.join(HEAD_FILE);
         let mut file = open_append(&path)?;

@@ -4,7 +4,8 @@
 //! directory ([`log`]); [`sender`] is the client side every service ships events with.
 //!
 //! Who may record: a peer running as uid 0 (the supervisor, tests), or a caller presenting a
-//! token with the right `audit.write`, decided by the one `authorize()`.
+//! token with the right `audit.record` (what the supervisor mints for a `call:audit`
+//! capability), decided by the one `authorize()`.
 
 pub mod log;
 pub mod sender;
@@ -156,7 +157,7 @@ impl AuditService {
                 req.token.as_deref(),
                 &AuthzRequest {
                     service: "audit",
-                    action: "write",
+                    action: "record",
                     path: None,
                 },
             )

@@ -24,7 +24,7 @@ use crate::verifier::AuditSink;
 pub struct SenderConfig {
     /// The audit socket (`<runtime_dir>/audit.sock`).
     pub socket: PathBuf,
-    /// A token with the right `audit.write` (not needed when running as uid 0).
+    /// A token with the right `audit.record` (not needed when running as uid 0).
     pub token: Option<String>,
     /// Events queued at most; beyond, events are dropped and counted.
     pub capacity: usize,

@@ -346,9 +346,10 @@ impl FsService {
         let offset = p
             .offset
             .unwrap_or_else(|| handle.cursor.load(Ordering::Relaxed));
-        let mut buf = vec![0u8; size];
+        // One byte more than asked tells whether the file goes on, without a stat per read.
+        let mut buf = vec![0u8; size + 1];
         let mut got = 0;
-        while got < size {
+        while got < buf.len() {
             match handle.file.read_at(&mut buf[got..], offset + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
@@ -362,12 +363,10 @@ impl FsService {
                 }
             }
         }
-        let file_size =
-            handle.file.metadata().map(|m| m.len()).map_err(|e| {
-                RpcError::internal(format!("stat of `{}` failed: {e}", handle.path))
-            })?;
+        let more = got > size;
+        let got = got.min(size);
         let chunk = read::choose(&buf[..got]);
-        let eof = chunk.len == got && offset.saturating_add(got as u64) >= file_size;
+        let eof = chunk.len == got && !more;
         handle
             .cursor
             .store(offset + chunk.len as u64, Ordering::Relaxed);
@@ -440,7 +439,9 @@ impl FsService {
         let fd = rustix::fs::openat(
             &pathfd,
             ".",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| resolve::open_error(e, &p.path, &scoped.base))?;

@@ -503,10 +503,13 @@ fn socket_bind(e: &SocketBind) -> Result<(i32, i32, u16, u16), PropErr> {
     let protocol = match e.protocol.as_str() {
         "tcp" => libc::IPPROTO_TCP,
         "udp" => libc::IPPROTO_UDP,
-        other => return Err(PropErr::bad(other, "protocol is not tcp or udp")),
+        "any" => 0,
+        other => return Err(PropErr::bad(other, "protocol is not tcp, udp or any")),
     };
-    // One port: (nr_ports = 1, port_min = port).
-    Ok((family, protocol, 1, e.port))
+    // Port 0 means every port (systemd's `SocketBindDeny=any` is (AF_UNSPEC, 0, 0, 0));
+    // otherwise one port: (nr_ports = 1, port_min = port).
+    let nr_ports = u16::from(e.port != 0);
+    Ok((family, protocol, nr_ports, e.port))
 }
 
 /// Appends the (family, address, prefix) entries systemd expects for one IPAddressAllow/Deny

@@ -45,7 +45,10 @@ pub struct Node {
 /// The host path of a binary of this workspace's build (target/<profile>/NAME).
 pub fn host_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -65,7 +68,11 @@ impl Node {
             .build()
             .await
             .expect("connect to the namespace's system bus");
-        Node { sd, supervisor: None, bus }
+        Node {
+            sd,
+            supervisor: None,
+            bus,
+        }
     }
 
     pub fn inside_bin(&self, name: &str) -> PathBuf {
@@ -73,14 +80,18 @@ impl Node {
     }
 
     pub fn write_manifest(&self, text: &str) {
-        self.sd.write_file(Path::new(MANIFEST_PATH), text.as_bytes()).expect("write manifest");
+        self.sd
+            .write_file(Path::new(MANIFEST_PATH), text.as_bytes())
+            .expect("write manifest");
     }
 
     /// Starts strata-supervisor inside the namespace and waits until it owns its bus name.
     pub async fn start_supervisor(&mut self) {
         // Both the launcher and strata-supervisor must be built.
         host_bin("strata-launch");
-        let dbus = zbus::fdo::DBusProxy::new(&self.bus).await.expect("dbus proxy");
+        let dbus = zbus::fdo::DBusProxy::new(&self.bus)
+            .await
+            .expect("dbus proxy");
         let mut owners = dbus
             .receive_name_owner_changed_with_args(&[(0, "org.strata.Supervisor1")])
             .await
@@ -113,20 +124,32 @@ impl Node {
     pub fn kill_supervisor(&mut self) {
         if let Some(mut child) = self.supervisor.take() {
             // nsenter execs nothing itself: it forks the supervisor. Kill the inner process.
-            let inner = self.sd.command("pkill").args(["-KILL", "-x", "strata-supervis"]).status();
-            assert!(inner.is_ok_and(|s| s.success()), "cannot SIGKILL strata-supervisor");
+            let inner = self
+                .sd
+                .command("pkill")
+                .args(["-KILL", "-x", "strata-supervis"])
+                .status();
+            assert!(
+                inner.is_ok_and(|s| s.success()),
+                "cannot SIGKILL strata-supervisor"
+            );
             let _ = child.wait();
         }
     }
 
     pub async fn proxy(&self) -> Supervisor1Proxy<'static> {
-        Supervisor1Proxy::new(&self.bus).await.expect("supervisor proxy")
+        Supervisor1Proxy::new(&self.bus)
+            .await
+            .expect("supervisor proxy")
     }
 
     /// Waits (event-driven: ServiceStateChanged) until `name` is in `state`.
     pub async fn wait_state(&self, name: &str, state: &str, within: Duration) -> ServiceInfo {
         let proxy = self.proxy().await;
-        let mut changes = proxy.receive_service_state_changed().await.expect("subscribe");
+        let mut changes = proxy
+            .receive_service_state_changed()
+            .await
+            .expect("subscribe");
         let current = proxy.get_service(name).await;
         if let Ok(info) = current {
             if info.state == state {
@@ -146,14 +169,19 @@ impl Node {
         assert!(
             reached.is_ok() || info.state == state,
             "{name} did not reach {state} within {within:?}: {info:?}\njournal:\n{}",
-            self.sd.journal(&format!("strata-{name}.service")).unwrap_or_default()
+            self.sd
+                .journal(&format!("strata-{name}.service"))
+                .unwrap_or_default()
         );
         info
     }
 
     /// `systemctl show -p PROP --value UNIT` inside the namespace.
     pub fn show(&self, unit: &str, prop: &str) -> String {
-        let out = self.sd.systemctl(&["show", "-p", prop, "--value", unit]).expect("systemctl show");
+        let out = self
+            .sd
+            .systemctl(&["show", "-p", prop, "--value", unit])
+            .expect("systemctl show");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -161,7 +189,13 @@ impl Node {
     pub fn strata_units(&self) -> Vec<(String, String)> {
         let out = self
             .sd
-            .systemctl(&["list-units", "--all", "--plain", "--no-legend", "strata-*.service"])
+            .systemctl(&[
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                "strata-*.service",
+            ])
             .expect("list-units");
         String::from_utf8_lossy(&out.stdout)
             .lines()
