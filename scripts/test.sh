@@ -27,5 +27,12 @@ else
         "(strata-ctl/tests/nixos_fixture.rs still checks the fixture with strata-ctl)"
 fi
 
+echo "==> cargo build --workspace --bins (the integration tests run these inside a private systemd)"
+cargo build --workspace --bins --locked
+
 echo "==> cargo test --workspace"
 cargo test --workspace --locked --all-targets
+
+echo "==> benchmarks, short mode (numbers only; targets are judged in docs/performance.md)"
+cargo build -p strata-systemd --example bench --locked
+target/debug/examples/bench --quick

@@ -377,10 +377,27 @@ pub struct Exposition {
     pub types: BTreeMap<String, String>,
     /// `# HELP` texts, unescaped.
     pub help: BTreeMap<String, String>,
+    /// Family names in the order they first appear (a `# HELP`, `# TYPE` or sample line).
+    pub families: Vec<String>,
     pub samples: Vec<Sample>,
 }
 
 impl Exposition {
+    fn note_family(&mut self, name: &str) {
+        if !self.families.iter().any(|f| f == name) {
+            self.families.push(name.to_owned());
+        }
+    }
+
+    /// The family a sample belongs to: a declared histogram's or summary's for its suffixed
+    /// samples, else its own name.
+    pub fn family_of_sample(&self, sample: &str) -> String {
+        self.types
+            .iter()
+            .find(|(f, kind)| family_of(sample, kind) == f.as_str())
+            .map_or_else(|| sample.to_owned(), |(f, _)| f.clone())
+    }
+
     /// Samples named `name`.
     pub fn samples_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
         self.samples.iter().filter(move |s| s.name == name)
@@ -437,6 +454,7 @@ pub fn parse_exposition(text: &str) -> Result<Exposition, ExpositionError> {
                     if out.types.insert(name.to_owned(), kind.to_owned()).is_some() {
                         return Err(err(format!("second `# TYPE` line for `{name}`")));
                     }
+                    out.note_family(name);
                 }
                 (Some("HELP"), Some(name), help) => {
                     check_metric_name(name).map_err(&err)?;
@@ -444,13 +462,17 @@ pub fn parse_exposition(text: &str) -> Result<Exposition, ExpositionError> {
                     if out.help.insert(name.to_owned(), help).is_some() {
                         return Err(err(format!("second `# HELP` line for `{name}`")));
                     }
+                    out.note_family(name);
                 }
                 // Any other comment is allowed by the format.
                 _ => {}
             }
             continue;
         }
-        out.samples.push(parse_sample(line).map_err(err)?);
+        let sample = parse_sample(line).map_err(err)?;
+        let family = out.family_of_sample(&sample.name);
+        out.note_family(&family);
+        out.samples.push(sample);
     }
     Ok(out)
 }
@@ -608,6 +630,111 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         labels,
         value,
     })
+}
+
+/// Why expositions could not be merged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("metrics of `{source_name}` do not parse: {error}")]
+    Parse {
+        source_name: String,
+        error: ExpositionError,
+    },
+    #[error(
+        "metric family `{family}` is a {first} in one source and a {second} in `{source_name}`"
+    )]
+    TypeConflict {
+        family: String,
+        first: String,
+        second: String,
+        source_name: String,
+    },
+    #[error("metrics of `{source_name}` already carry a `{label}` label")]
+    LabelClash { source_name: String, label: String },
+}
+
+/// The label [`merge`] adds to every sample: which process the sample came from.
+pub const SOURCE_LABEL: &str = "source";
+
+/// Merges the expositions of several processes (`(source, text)`, e.g. `("supervisor", …)`,
+/// `("fs", …)`) into one valid exposition: each family's `# HELP`/`# TYPE` once, then its
+/// samples from every source with a `source="<name>"` label added first. Families keep the
+/// order in which they first appear. This is what `strata-ctl metrics` prints.
+pub fn merge(parts: &[(&str, &str)]) -> Result<String, MergeError> {
+    #[derive(Default)]
+    struct Merged {
+        kind: Option<String>,
+        help: Option<String>,
+        samples: Vec<Sample>,
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut families: BTreeMap<String, Merged> = BTreeMap::new();
+    for (source_name, text) in parts {
+        let source_name = *source_name;
+        let exp = parse_exposition(text).map_err(|error| MergeError::Parse {
+            source_name: source_name.to_owned(),
+            error,
+        })?;
+        for family in &exp.families {
+            if !families.contains_key(family) {
+                order.push(family.clone());
+            }
+            let entry = families.entry(family.clone()).or_default();
+            match (&entry.kind, exp.types.get(family)) {
+                (Some(first), Some(second)) if first != second => {
+                    return Err(MergeError::TypeConflict {
+                        family: family.clone(),
+                        first: first.clone(),
+                        second: second.clone(),
+                        source_name: source_name.to_owned(),
+                    });
+                }
+                (None, Some(kind)) => entry.kind = Some(kind.clone()),
+                _ => {}
+            }
+            if entry.help.is_none() {
+                entry.help = exp.help.get(family).cloned();
+            }
+        }
+        for sample in &exp.samples {
+            if sample.label(SOURCE_LABEL).is_some() {
+                return Err(MergeError::LabelClash {
+                    source_name: source_name.to_owned(),
+                    label: SOURCE_LABEL.to_owned(),
+                });
+            }
+            let mut labelled = sample.clone();
+            labelled
+                .labels
+                .insert(0, (SOURCE_LABEL.to_owned(), source_name.to_owned()));
+            families
+                .entry(exp.family_of_sample(&sample.name))
+                .or_default()
+                .samples
+                .push(labelled);
+        }
+    }
+    let mut out = String::new();
+    for family in &order {
+        let Some(m) = families.get(family) else {
+            continue;
+        };
+        if let Some(help) = &m.help {
+            let _ = writeln!(out, "# HELP {family} {}", escape_help(help));
+        }
+        if let Some(kind) = &m.kind {
+            let _ = writeln!(out, "# TYPE {family} {kind}");
+        }
+        for s in &m.samples {
+            let labels: Vec<(&str, &str)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            sample(&mut out, &s.name, &labels, &format_float(s.value));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -853,5 +980,82 @@ bus_lagged_total 3
             exp.value(SERVICE_RESTARTS_TOTAL, &[("service", "web")]),
             Some(4000.0)
         );
+    }
+
+    #[test]
+    fn merged_sources_form_one_valid_exposition() {
+        let supervisor = Metrics::new();
+        supervisor.record_restart("web");
+        supervisor.add_bus_lagged(2);
+        let fs = Metrics::new();
+        fs.observe_latency("fs.read", ms(1));
+        fs.record_rejected("expired");
+        let identity = Metrics::new();
+        identity.observe_latency("identity.issue", ms(2));
+        let text = merge(&[
+            ("supervisor", &supervisor.render()),
+            ("fs", &fs.render()),
+            ("identity", &identity.render()),
+        ])
+        .expect("merge");
+        let exp = parse_exposition(&text).expect("the merged text parses");
+        assert_eq!(exp.types.len(), 4, "each family declared once:\n{text}");
+        assert_eq!(
+            exp.value(
+                SERVICE_RESTARTS_TOTAL,
+                &[("source", "supervisor"), ("service", "web")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            exp.value(
+                "request_latency_seconds_count",
+                &[("source", "identity"), ("method", "identity.issue")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            exp.value(REJECTED_TOTAL, &[("source", "fs"), ("reason", "expired")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            exp.value(BUS_LAGGED_TOTAL, &[("source", "supervisor")]),
+            Some(2.0)
+        );
+        assert_eq!(exp.value(BUS_LAGGED_TOTAL, &[("source", "fs")]), Some(0.0));
+        // All histogram lines of one family stay together, after its single TYPE line.
+        let type_line = text
+            .lines()
+            .position(|l| l == "# TYPE request_latency_seconds histogram")
+            .expect("type line");
+        let lines: Vec<&str> = text.lines().collect();
+        let last_bucket = lines
+            .iter()
+            .rposition(|l| l.starts_with("request_latency_seconds_"))
+            .expect("samples");
+        let next_type = text
+            .lines()
+            .position(|l| l == "# TYPE rejected_total counter")
+            .expect("type line");
+        assert!(type_line < last_bucket && last_bucket < next_type, "{text}");
+    }
+
+    #[test]
+    fn merging_refuses_conflicts() {
+        assert!(matches!(
+            merge(&[
+                ("a", "# TYPE x counter\nx 1\n"),
+                ("b", "# TYPE x gauge\nx 1\n")
+            ]),
+            Err(MergeError::TypeConflict { .. })
+        ));
+        assert!(matches!(
+            merge(&[("a", "x{source=\"y\"} 1\n")]),
+            Err(MergeError::LabelClash { .. })
+        ));
+        assert!(matches!(
+            merge(&[("a", "x{ 1\n")]),
+            Err(MergeError::Parse { .. })
+        ));
     }
 }

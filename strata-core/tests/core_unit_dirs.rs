@@ -86,7 +86,8 @@ fn core_services_get_their_own_runtime_and_state_directories() {
         ("identity", false),
         ("audit", false),
     ] {
-        let creds = values(&unit(&m, service), "LoadCredential");
+        let u = unit(&m, service);
+        let creds = values(&u, "LoadCredential");
         assert_eq!(!creds.is_empty(), calls_audit, "{service}: {creds:?}");
     }
 }

@@ -52,7 +52,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(cmd::call::rewrite_legacy_args(std::env::args_os().collect()));
+    let cli = Cli::parse_from(cmd::call::rewrite_legacy_args(
+        std::env::args_os().collect(),
+    ));
     let result = match cli.command {
         Command::Check(args) => cmd::check::run(&args),
         Command::Status(args) => cmd::service::status(&args),

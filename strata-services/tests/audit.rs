@@ -322,7 +322,7 @@ async fn fs_decisions_reach_the_chain_including_the_revoked_denial() {
                         && r.event
                             .message
                             .as_deref()
-                            .is_some_and(|m| m.contains("revoked"))
+                            .is_some_and(|m| m.contains("revoked"));
                 }
                 _ => {}
             }

@@ -102,7 +102,11 @@ impl Bench {
                 eprintln!("{ev:?}");
             }
             if let DriverEvent::Changed(o) = ev {
-                if o.unit == unit && o.phase == UnitPhase::Running && o.main_pid != 0 && o.main_pid != old {
+                if o.unit == unit
+                    && o.phase == UnitPhase::Running
+                    && o.main_pid != 0
+                    && o.main_pid != old
+                {
                     return Ok(o.main_pid);
                 }
             }
@@ -138,7 +142,10 @@ fn host_bin(name: &str) -> Result<PathBuf> {
     let dir = exe.parent().and_then(Path::parent).context("target dir")?;
     let p = dir.join(name);
     if !p.exists() {
-        bail!("{} is not built: run `cargo build --release --workspace --bins` first", p.display());
+        bail!(
+            "{} is not built: run `cargo build --release --workspace --bins` first",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -146,7 +153,8 @@ fn host_bin(name: &str) -> Result<PathBuf> {
 /// The host PID of the process nsenter forked (the supervisor itself).
 fn inner_pid(nsenter: &Child) -> Result<u32> {
     for _ in 0..200 {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nsenter.id()))?;
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nsenter.id()))?;
         if let Some(pid) = children.split_whitespace().next() {
             return Ok(pid.parse()?);
         }
@@ -167,7 +175,7 @@ fn proc_status(pid: u32, field: &str) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     text.lines()
         .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().split_whitespace().next()?.parse().ok())
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
@@ -182,13 +190,30 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 fn bus_messages(sd: &PrivateSystemd, name: &str) -> Result<u64> {
     let owner = sd
         .command("busctl")
-        .args(["call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner", "s", name])
+        .args([
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetNameOwner",
+            "s",
+            name,
+        ])
         .output()?;
     let owner = String::from_utf8_lossy(&owner.stdout);
     let unique = owner.split('"').nth(1).context("GetNameOwner")?.to_owned();
     let out = sd
         .command("busctl")
-        .args(["--json=short", "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus.Debug.Stats", "GetConnectionStats", "s", &unique])
+        .args([
+            "--json=short",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.Debug.Stats",
+            "GetConnectionStats",
+            "s",
+            &unique,
+        ])
         .output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("Debug.Stats: {}", String::from_utf8_lossy(&out.stderr)))?;
@@ -205,24 +230,41 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let sizes: &[usize] = if args.quick { &[10, 50] } else { &[10, 100, 500] };
+    let sizes: &[usize] = if args.quick {
+        &[10, 50]
+    } else {
+        &[10, 100, 500]
+    };
     let crashes = if args.quick { 5 } else { 20 };
     let rest = Duration::from_secs(args.rest_seconds.unwrap_or(if args.quick { 5 } else { 30 }));
 
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.strata.Supervisor1.conf");
-    let bin_dir = host_bin("strata-launch")?.parent().context("bin dir")?.to_owned();
-    let opts = BootOptions::new().without_cargo_bin_dir().bind_ro(bin_dir, BIN_DIR);
+    let bin_dir = host_bin("strata-launch")?
+        .parent()
+        .context("bin dir")?
+        .to_owned();
+    let opts = BootOptions::new()
+        .without_cargo_bin_dir()
+        .bind_ro(bin_dir, BIN_DIR);
     let sd = PrivateSystemd::boot_with(opts.dbus_policy(policy))
         .context("cannot boot a private systemd")?;
     let driver = SystemdDriver::connect_address(&sd.bus_address()).await?;
     let events = driver.events().await?;
     let mut b = Bench { sd, driver, events };
-    println!("machine: {} cores, kernel {}", std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
+    println!(
+        "machine: {} cores, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
 
     // 1. Cold start.
     println!("\n## cold start (hardened units via strata-launch, Type=exec)");
-    println!("{:>5}  {:>12}  {:>12}  {:>12}  {:>12}  {:>6}", "N", "raw total", "raw /unit", "strata total", "strata /unit", "ratio");
+    println!(
+        "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}  {:>6}",
+        "N", "raw total", "raw /unit", "strata total", "strata /unit", "ratio"
+    );
     for &n in sizes {
         let manifest = Manifest::parse("bench.toml", &manifest_text(n, "s", ""))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -250,19 +292,36 @@ async fn main() -> Result<()> {
         let per = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
         println!(
             "{n:>5}  {:>10.1}ms  {:>10.2}ms  {:>10.1}ms  {:>10.2}ms  {:>6.2}",
-            raw.as_secs_f64() * 1e3, per(raw), strata.as_secs_f64() * 1e3, per(strata),
+            raw.as_secs_f64() * 1e3,
+            per(raw),
+            strata.as_secs_f64() * 1e3,
+            per(strata),
             strata.as_secs_f64() / raw.as_secs_f64()
         );
     }
 
     // 2. Crash → new MainPID.
     println!("\n## crash -> new MainPID ({crashes} SIGKILLs each)");
-    let manifest_text1 = manifest_text(1, "crash", "restart = { initial = \"0s\", max = \"0s\", quarantine = { crashes = 1000 } }");
-    let manifest = Manifest::parse("bench.toml", &manifest_text1).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let manifest_text1 = manifest_text(
+        1,
+        "crash",
+        "restart = { initial = \"0s\", max = \"0s\", quarantine = { crashes = 1000 } }",
+    );
+    let manifest =
+        Manifest::parse("bench.toml", &manifest_text1).map_err(|e| anyhow::anyhow!("{e}"))?;
     let spec = derive_unit(&manifest, "crash0", &LaunchConfig::for_manifest(&manifest))?;
     // systemd's own restart, same properties, through systemd-run.
     let mut run = b.sd.command("systemd-run");
-    run.args(["--unit=strata-sysrestart.service", "--slice=strata.slice", "-p", "Restart=always", "-p", "RestartSec=0", "-p", "StartLimitIntervalSec=0"]);
+    run.args([
+        "--unit=strata-sysrestart.service",
+        "--slice=strata.slice",
+        "-p",
+        "Restart=always",
+        "-p",
+        "RestartSec=0",
+        "-p",
+        "StartLimitIntervalSec=0",
+    ]);
     for prop in spec.properties.iter().filter(|p| p.name != "Restart") {
         for line in render_property(prop) {
             run.arg("-p").arg(line);
@@ -271,13 +330,19 @@ async fn main() -> Result<()> {
     run.arg("--").args(&spec.exec);
     let out = run.output()?;
     if !out.status.success() {
-        bail!("systemd-run failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "systemd-run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut systemd_ms = Vec::new();
     let unit = "strata-sysrestart.service".to_owned();
-    b.until_active(&BTreeSet::from([unit.clone()]), Instant::now()).await?;
+    b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
+        .await?;
     // systemd's own restarts are watched with bare zbus: MainPID changes on the unit's object.
-    let conn = zbus::connection::Builder::address(b.sd.bus_address().as_str())?.build().await?;
+    let conn = zbus::connection::Builder::address(b.sd.bus_address().as_str())?
+        .build()
+        .await?;
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .path("/org/freedesktop/systemd1/unit/strata_2dsysrestart_2eservice")?
@@ -294,7 +359,13 @@ async fn main() -> Result<()> {
             use futures_util::StreamExt;
             while let Some(Ok(msg)) = changes.next().await {
                 let body = msg.body();
-                let Ok((iface, props, _)) = body.deserialize::<(String, std::collections::HashMap<String, zbus::zvariant::OwnedValue>, Vec<String>)>() else { continue };
+                let Ok((iface, props, _)) = body.deserialize::<(
+                    String,
+                    std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+                    Vec<String>,
+                )>() else {
+                    continue;
+                };
                 if iface != "org.freedesktop.systemd1.Service" {
                     continue;
                 }
@@ -315,7 +386,8 @@ async fn main() -> Result<()> {
     b.write_manifest(&manifest_text1)?;
     let sup = b.spawn_supervisor()?;
     let unit = spec.unit.clone();
-    b.until_active(&BTreeSet::from([unit.clone()]), Instant::now()).await?;
+    b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
+        .await?;
     let mut pid = b.driver.unit_details(&unit).await?.main_pid;
     let mut strata_ms = Vec::new();
     for _ in 0..crashes {
@@ -330,26 +402,58 @@ async fn main() -> Result<()> {
     systemd_ms.sort_by(f64::total_cmp);
     strata_ms.sort_by(f64::total_cmp);
     println!("{:>22}  {:>8}  {:>8}", "", "p50", "p90");
-    println!("{:>22}  {:>6.1}ms  {:>6.1}ms", "systemd Restart=always", pct(&systemd_ms, 0.5), pct(&systemd_ms, 0.9));
-    println!("{:>22}  {:>6.1}ms  {:>6.1}ms", "strata-supervisor", pct(&strata_ms, 0.5), pct(&strata_ms, 0.9));
-    println!("{:>22}  {:>8.2}", "ratio (p50)", pct(&strata_ms, 0.5) / pct(&systemd_ms, 0.5));
+    println!(
+        "{:>22}  {:>6.1}ms  {:>6.1}ms",
+        "systemd Restart=always",
+        pct(&systemd_ms, 0.5),
+        pct(&systemd_ms, 0.9)
+    );
+    println!(
+        "{:>22}  {:>6.1}ms  {:>6.1}ms",
+        "strata-supervisor",
+        pct(&strata_ms, 0.5),
+        pct(&strata_ms, 0.9)
+    );
+    println!(
+        "{:>22}  {:>8.2}",
+        "ratio (p50)",
+        pct(&strata_ms, 0.5) / pct(&systemd_ms, 0.5)
+    );
 
     // 3. At rest with 100 services.
-    println!("\n## supervisor at rest with 100 services, {} s", rest.as_secs());
+    println!(
+        "\n## supervisor at rest with 100 services, {} s",
+        rest.as_secs()
+    );
     b.write_manifest(&manifest_text(100, "r", ""))?;
     let sup = b.spawn_supervisor()?;
     let units: BTreeSet<String> = (0..100).map(|i| format!("strata-r{i}.service")).collect();
     b.until_active(&units, Instant::now()).await?;
     tokio::time::sleep(Duration::from_secs(2)).await; // let the last signals settle
     let spid = inner_pid(&sup)?;
-    let (cs0, cpu0, msg0) = (proc_status(spid, "voluntary_ctxt_switches:")?, cpu_ticks(spid)?, bus_messages(&b.sd, "org.strata.Supervisor1")?);
+    let (cs0, cpu0, msg0) = (
+        proc_status(spid, "voluntary_ctxt_switches:")?,
+        cpu_ticks(spid)?,
+        bus_messages(&b.sd, "org.strata.Supervisor1")?,
+    );
     tokio::time::sleep(rest).await;
-    let (cs1, cpu1, msg1) = (proc_status(spid, "voluntary_ctxt_switches:")?, cpu_ticks(spid)?, bus_messages(&b.sd, "org.strata.Supervisor1")?);
+    let (cs1, cpu1, msg1) = (
+        proc_status(spid, "voluntary_ctxt_switches:")?,
+        cpu_ticks(spid)?,
+        bus_messages(&b.sd, "org.strata.Supervisor1")?,
+    );
     let rss_kib = proc_status(spid, "VmRSS:")?;
     let hz = 100.0; // USER_HZ on Linux
-    println!("voluntary context switches: {} ({:.2}/s)", cs1 - cs0, (cs1 - cs0) as f64 / rest.as_secs_f64());
+    println!(
+        "voluntary context switches: {} ({:.2}/s)",
+        cs1 - cs0,
+        (cs1 - cs0) as f64 / rest.as_secs_f64()
+    );
     println!("CPU time: {:.2} s", (cpu1 - cpu0) as f64 / hz);
-    println!("D-Bus messages to/from the supervisor: {}", msg1.saturating_sub(msg0));
+    println!(
+        "D-Bus messages to/from the supervisor: {}",
+        msg1.saturating_sub(msg0)
+    );
     println!("RSS: {:.1} MiB", rss_kib as f64 / 1024.0);
     stop_supervisor(sup)?;
     b.stop_all()?;

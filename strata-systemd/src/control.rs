@@ -103,7 +103,10 @@ pub struct AdminPolicy {
 impl AdminPolicy {
     /// Resolves `group` through the system's group database (absent group: only root is admin).
     pub fn resolve(group: &str) -> Self {
-        Self { admin_group: group.to_owned(), admin_gid: lookup_gid(group) }
+        Self {
+            admin_group: group.to_owned(),
+            admin_gid: lookup_gid(group),
+        }
     }
 
     /// Decides from the caller's credentials as the bus daemon reports them.
@@ -126,7 +129,13 @@ fn lookup_gid(group: &str) -> Option<u32> {
     let mut result: *mut libc::group = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call and `buf` outlives it; getgrnam_r is reentrant.
     let rc = unsafe {
-        libc::getgrnam_r(name.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result)
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
     };
     (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
@@ -140,8 +149,16 @@ pub struct SupervisorInterface {
 }
 
 impl SupervisorInterface {
-    pub fn new(requests: mpsc::Sender<ControlRequest>, policy: AdminPolicy, node_id: String) -> Self {
-        Self { requests, policy, node_id }
+    pub fn new(
+        requests: mpsc::Sender<ControlRequest>,
+        policy: AdminPolicy,
+        node_id: String,
+    ) -> Self {
+        Self {
+            requests,
+            policy,
+            node_id,
+        }
     }
 
     async fn ask<T>(
@@ -160,16 +177,23 @@ impl SupervisorInterface {
         hdr: &Header<'_>,
         method: &str,
     ) -> Result<(), SupervisorBusError> {
-        let sender = hdr
-            .sender()
-            .ok_or_else(|| SupervisorBusError::AccessDenied(format!("{method}: caller has no bus name")))?;
+        let sender = hdr.sender().ok_or_else(|| {
+            SupervisorBusError::AccessDenied(format!("{method}: caller has no bus name"))
+        })?;
         let creds = fdo::DBusProxy::new(conn)
             .await?
             .get_connection_credentials(sender.clone().into())
             .await
-            .map_err(|e| SupervisorBusError::AccessDenied(format!("{method}: cannot read the caller's credentials: {e}")))?;
+            .map_err(|e| {
+                SupervisorBusError::AccessDenied(format!(
+                    "{method}: cannot read the caller's credentials: {e}"
+                ))
+            })?;
         let uid = creds.unix_user_id();
-        if self.policy.allows(uid, creds.unix_group_ids().map(Vec::as_slice)) {
+        if self
+            .policy
+            .allows(uid, creds.unix_group_ids().map(Vec::as_slice))
+        {
             return Ok(());
         }
         tracing::warn!(
@@ -303,8 +327,13 @@ pub trait Supervisor1 {
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(signal)]
-    fn service_state_changed(&self, name: String, old: String, new: String, reason: String)
-    -> zbus::Result<()>;
+    fn service_state_changed(
+        &self,
+        name: String,
+        old: String,
+        new: String,
+        reason: String,
+    ) -> zbus::Result<()>;
     #[zbus(signal)]
     fn health(&self, service: String, ok: bool) -> zbus::Result<()>;
     #[zbus(signal)]
@@ -321,13 +350,19 @@ mod tests {
 
     #[test]
     fn admin_policy_accepts_root_and_group_members_only() {
-        let p = AdminPolicy { admin_group: "strata-admin".into(), admin_gid: Some(990) };
+        let p = AdminPolicy {
+            admin_group: "strata-admin".into(),
+            admin_gid: Some(990),
+        };
         assert!(p.allows(Some(0), None));
         assert!(p.allows(Some(1000), Some(&[100, 990])));
         assert!(!p.allows(Some(1000), Some(&[100])));
         assert!(!p.allows(Some(1000), None));
         assert!(!p.allows(None, Some(&[990])));
-        let nogroup = AdminPolicy { admin_group: "strata-admin".into(), admin_gid: None };
+        let nogroup = AdminPolicy {
+            admin_group: "strata-admin".into(),
+            admin_gid: None,
+        };
         assert!(!nogroup.allows(Some(1000), Some(&[990])));
         assert!(nogroup.allows(Some(0), Some(&[])));
     }
@@ -335,9 +370,14 @@ mod tests {
     #[test]
     fn control_errors_map_to_named_bus_errors() {
         let e: SupervisorBusError = ControlError::UnknownService("web".into()).into();
-        assert!(matches!(e, SupervisorBusError::UnknownService(ref m) if m == "unknown service `web`"));
-        let e: SupervisorBusError =
-            ControlError::NotQuarantined { name: "web".into(), state: "running".into() }.into();
+        assert!(
+            matches!(e, SupervisorBusError::UnknownService(ref m) if m == "unknown service `web`")
+        );
+        let e: SupervisorBusError = ControlError::NotQuarantined {
+            name: "web".into(),
+            state: "running".into(),
+        }
+        .into();
         assert!(matches!(e, SupervisorBusError::NotQuarantined(_)));
     }
 }

@@ -87,7 +87,9 @@ impl FakeDriver {
 
     fn set_phase(&self, unit: &str, phase: UnitPhase) {
         let mut g = self.lock();
-        let Some(obs) = g.units.get_mut(unit) else { return };
+        let Some(obs) = g.units.get_mut(unit) else {
+            return;
+        };
         obs.phase = phase;
         obs.main_pid = 0;
         let obs = obs.clone();
@@ -107,9 +109,15 @@ impl UnitDriver for FakeDriver {
 
     async fn start(&self, spec: &UnitSpec) -> Result<(), FakeDriverError> {
         let mut g = self.lock();
-        g.calls.push(Call::Start { unit: spec.unit.clone(), spec_hash: spec.spec_hash.clone() });
+        g.calls.push(Call::Start {
+            unit: spec.unit.clone(),
+            spec_hash: spec.spec_hash.clone(),
+        });
         if let Some(reason) = g.refuse_next_start.take() {
-            return Err(FakeDriverError::Refused { unit: spec.unit.clone(), reason });
+            return Err(FakeDriverError::Refused {
+                unit: spec.unit.clone(),
+                reason,
+            });
         }
         if let Some(existing) = g.units.get(&spec.unit) {
             return Err(FakeDriverError::AlreadyLoaded {
@@ -133,7 +141,12 @@ impl UnitDriver for FakeDriver {
         let mut g = self.lock();
         g.calls.push(Call::Stop(unit.to_owned()));
         if g.units.remove(unit).is_some() {
-            send(&g, DriverEvent::Removed { unit: unit.to_owned() });
+            send(
+                &g,
+                DriverEvent::Removed {
+                    unit: unit.to_owned(),
+                },
+            );
         }
         Ok(())
     }
@@ -153,7 +166,12 @@ impl UnitDriver for FakeDriver {
         );
         if done {
             g.units.remove(unit);
-            send(&g, DriverEvent::Removed { unit: unit.to_owned() });
+            send(
+                &g,
+                DriverEvent::Removed {
+                    unit: unit.to_owned(),
+                },
+            );
         }
         Ok(())
     }

@@ -19,7 +19,8 @@ use std::process::Stdio;
 
 use strata_core::capability::Capability;
 use strata_core::derive::{LaunchConfig, derive_all, token_path};
-use strata_core::manifest::{CoreService, Manifest};
+use strata_core::manifest::{CoreService, Manifest, ServiceKind};
+use strata_systemd::driver::UnitDriver;
 use strata_systemd::systemd::SystemdDriver;
 use strata_testkit::{BIN_DIR, BootOptions, PrivateSystemd};
 
@@ -158,14 +159,22 @@ fn localize(manifest: &mut Manifest) {
     manifest.node.state_dir = "/var/lib/strata-test/state".to_owned();
 }
 
-/// Creates what the units expect to exist: declared paths in private areas, and the token
-/// files of `call:` capabilities (the supervisor writes them in production).
+/// Creates what the units expect to exist, as the supervisor does in production: the runtime
+/// directory, the declared paths of user services that lie in private areas, and the token
+/// files of `call:` capabilities. A core service's own runtime and state directories are
+/// systemd's to create (RuntimeDirectory=, StateDirectory=).
 fn prepare(sd: &PrivateSystemd, manifest: &Manifest) {
+    let runtime = sd
+        .root()
+        .join(manifest.node.runtime_dir.trim_start_matches('/'));
+    std::fs::create_dir_all(&runtime)
+        .unwrap_or_else(|e| panic!("creating the runtime directory in the namespace: {e}"));
     for (name, decl) in manifest.all_services() {
         for cap in &decl.capabilities {
             match cap {
                 Capability::FsRead(p) | Capability::FsWrite(p)
-                    if p.starts_with("/run/") || p.starts_with("/var/lib/strata-test/") =>
+                    if decl.kind == ServiceKind::User
+                        && (p.starts_with("/run/") || p.starts_with("/var/lib/strata-test/")) =>
                 {
                     let host = sd.root().join(p.trim_start_matches('/'));
                     std::fs::create_dir_all(&host)
@@ -180,6 +189,26 @@ fn prepare(sd: &PrivateSystemd, manifest: &Manifest) {
             }
         }
     }
+}
+
+/// DynamicUser= keeps StateDirectory= contents in /var/lib/private, which is the host's: give
+/// the namespace its own (an empty tmpfs over it; the mount point is created as systemd would,
+/// mode 0700, if the host has none yet).
+fn private_state_root(sd: &PrivateSystemd) {
+    let out = sd
+        .command("sh")
+        .args([
+            "-c",
+            "mkdir -p -m 0700 /var/lib/private && mount -t tmpfs -o mode=0700 tmpfs /var/lib/private",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running sh in the namespace");
+    assert!(
+        out.status.success(),
+        "cannot give the namespace its own /var/lib/private: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Scored {
@@ -197,6 +226,7 @@ async fn every_example_unit_stays_under_its_exposure_ceiling() {
     common::host_bin("strata-launch");
     let sd = PrivateSystemd::boot_with(BootOptions::new())
         .unwrap_or_else(|e| panic!("cannot boot a private systemd for systemd-analyze: {e}"));
+    private_state_root(&sd);
     let driver = SystemdDriver::connect_address(&sd.bus_address())
         .await
         .unwrap_or_else(|e| panic!("cannot connect the driver: {e}"));
@@ -216,10 +246,17 @@ async fn every_example_unit_stays_under_its_exposure_ceiling() {
         }
         for (name, spec) in &specs {
             let (score, counted) = analyze(&sd, &spec.unit);
-            let state = match driver.unit_details(&spec.unit).await {
+            let mut state = match driver.unit_details(&spec.unit).await {
                 Ok(d) => format!("{}/{}", d.active_state, d.sub_state),
                 Err(e) => format!("unknown ({e})"),
             };
+            // The score does not depend on the unit running, but say why one is not.
+            if state.starts_with("failed") {
+                let journal = sd.journal(&spec.unit).unwrap_or_default();
+                if let Some(last) = journal.lines().rev().find(|l| !l.contains(".service")) {
+                    state = format!("{state} ({})", last.trim());
+                }
+            }
             let caps = decls
                 .get(name)
                 .map(|d| d.capabilities.clone())
@@ -241,7 +278,10 @@ async fn every_example_unit_stays_under_its_exposure_ceiling() {
                 .stop_and_wait(&spec.unit)
                 .await
                 .unwrap_or_else(|e| panic!("{example}: stopping {}: {e}", spec.unit));
-            let _ = sd.systemctl(&["reset-failed", &spec.unit]);
+            driver
+                .reset_failed(&spec.unit)
+                .await
+                .unwrap_or_else(|e| panic!("{example}: resetting {}: {e}", spec.unit));
         }
     }
     let mut over = Vec::new();

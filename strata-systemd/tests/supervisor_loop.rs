@@ -66,27 +66,46 @@ fn spawn(fake: FakeDriver, path: &Path) -> Running {
         seed: 7,
         watchdog: None,
     };
-    let sup = Supervisor::new(fake.clone(), publisher.clone(), config, &manifest, QuarantineStore::in_memory())
-        .expect("supervisor");
+    let sup = Supervisor::new(
+        fake.clone(),
+        publisher.clone(),
+        config,
+        &manifest,
+        QuarantineStore::in_memory(),
+    )
+    .expect("supervisor");
     let (control, control_rx) = mpsc::channel(8);
     let (signals, signals_rx) = mpsc::channel(8);
     let task = tokio::spawn(async move {
-        sup.run(control_rx, signals_rx).await.expect("loop ends cleanly");
+        sup.run(control_rx, signals_rx)
+            .await
+            .expect("loop ends cleanly");
     });
-    Running { fake, publisher, control, signals, task }
+    Running {
+        fake,
+        publisher,
+        control,
+        signals,
+        task,
+    }
 }
 
 /// Waits (bounded) until `pred` holds for the fake's state.
 async fn until(what: &str, mut pred: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !pred() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 fn running(fake: &FakeDriver, unit: &str) -> bool {
-    fake.units().get(unit).is_some_and(|o| o.phase == UnitPhase::Running)
+    fake.units()
+        .get(unit)
+        .is_some_and(|o| o.phase == UnitPhase::Running)
 }
 
 fn starts(calls: &[Call]) -> Vec<String> {
@@ -99,7 +118,10 @@ fn starts(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
-async fn ask<T>(tx: &mpsc::Sender<ControlRequest>, make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest) -> T {
+async fn ask<T>(
+    tx: &mpsc::Sender<ControlRequest>,
+    make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
+) -> T {
     let (otx, orx) = oneshot::channel();
     tx.send(make(otx)).await.expect("loop alive");
     orx.await.expect("loop answered")
@@ -111,13 +133,25 @@ async fn starts_in_dependency_order_and_publishes_ready() {
     until("web running", || running(&r.fake, "strata-web.service")).await;
     assert_eq!(
         starts(&r.fake.calls()),
-        ["strata-db.service", "strata-api.service", "strata-web.service"]
+        [
+            "strata-db.service",
+            "strata-api.service",
+            "strata-web.service"
+        ]
     );
     let published = r.publisher.take();
-    assert!(published.iter().any(|p| matches!(p, Published::Ready { services: 3 })), "{published:?}");
+    assert!(
+        published
+            .iter()
+            .any(|p| matches!(p, Published::Ready { services: 3 })),
+        "{published:?}"
+    );
     r.signals.send(Signal::Shutdown).await.expect("send");
     r.task.await.expect("join");
-    assert!(r.fake.calls().iter().all(|c| !matches!(c, Call::Stop(_))), "shutdown must leave units running");
+    assert!(
+        r.fake.calls().iter().all(|c| !matches!(c, Call::Stop(_))),
+        "shutdown must leave units running"
+    );
 }
 
 #[tokio::test]
@@ -129,7 +163,11 @@ async fn crashes_back_off_then_quarantine_and_release_clears_history() {
         if n < 3 {
             until("db restarted", || {
                 running(&r.fake, "strata-db.service")
-                    && starts(&r.fake.calls()).iter().filter(|u| *u == "strata-db.service").count() == n + 1
+                    && starts(&r.fake.calls())
+                        .iter()
+                        .filter(|u| *u == "strata-db.service")
+                        .count()
+                        == n + 1
             })
             .await;
         }
@@ -142,22 +180,54 @@ async fn crashes_back_off_then_quarantine_and_release_clears_history() {
     .await;
     // Quarantined: the failed unit stays visible, nothing restarts it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let db = r.fake.units().get("strata-db.service").cloned().expect("failed unit kept");
+    let db = r
+        .fake
+        .units()
+        .get("strata-db.service")
+        .cloned()
+        .expect("failed unit kept");
     assert_eq!(db.phase, UnitPhase::Failed(ExitReason::Signal(9)));
-    assert_eq!(starts(&r.fake.calls()).iter().filter(|u| *u == "strata-db.service").count(), 3);
-    let info = ask(&r.control, |tx| ControlRequest::Get("db".into(), tx)).await.expect("db known");
+    assert_eq!(
+        starts(&r.fake.calls())
+            .iter()
+            .filter(|u| *u == "strata-db.service")
+            .count(),
+        3
+    );
+    let info = ask(&r.control, |tx| ControlRequest::Get("db".into(), tx))
+        .await
+        .expect("db known");
     assert_eq!(info.state, "quarantined");
-    assert!(info.reason.contains("3 failures"), "reason names the count: {}", info.reason);
+    assert!(
+        info.reason.contains("3 failures"),
+        "reason names the count: {}",
+        info.reason
+    );
 
     // Release restarts it with a clean history: one more crash does not quarantine again.
-    ask(&r.control, |tx| ControlRequest::Release("db".into(), tx)).await.expect("release");
-    until("db running after release", || running(&r.fake, "strata-db.service")).await;
+    ask(&r.control, |tx| ControlRequest::Release("db".into(), tx))
+        .await
+        .expect("release");
+    until("db running after release", || {
+        running(&r.fake, "strata-db.service")
+    })
+    .await;
     r.fake.fail("strata-db.service", ExitReason::ExitCode(1));
-    until("db restarted after one crash", || running(&r.fake, "strata-db.service")).await;
-    let info = ask(&r.control, |tx| ControlRequest::Get("db".into(), tx)).await.expect("db known");
+    until("db restarted after one crash", || {
+        running(&r.fake, "strata-db.service")
+    })
+    .await;
+    let info = ask(&r.control, |tx| ControlRequest::Get("db".into(), tx))
+        .await
+        .expect("db known");
     assert_eq!(info.state, "running");
-    let err = ask(&r.control, |tx| ControlRequest::Release("db".into(), tx)).await.expect_err("not quarantined");
-    assert_eq!(err.to_string(), "service `db` is not quarantined (it is running)");
+    let err = ask(&r.control, |tx| ControlRequest::Release("db".into(), tx))
+        .await
+        .expect_err("not quarantined");
+    assert_eq!(
+        err.to_string(),
+        "service `db` is not quarantined (it is running)"
+    );
     r.task.abort();
 }
 
@@ -177,7 +247,13 @@ async fn a_restarted_supervisor_adopts_units_with_the_same_spec() {
     }
     let second = spawn(fake, &path);
     until("ready", || {
-        second.publisher.events.lock().expect("lock").iter().any(|p| matches!(p, Published::Ready { .. }))
+        second
+            .publisher
+            .events
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|p| matches!(p, Published::Ready { .. }))
     })
     .await;
     assert_eq!(second.fake.calls(), vec![], "adoption makes no call");
@@ -199,24 +275,46 @@ async fn reload_rolls_only_the_changed_service_and_stops_removed_ones() {
 
     // web changes its exec; api is removed (web no longer needs it).
     let changed = MANIFEST
-        .replace("[services.api]\nexec = [\"/bin/sleep\", \"infinity\"]\nafter = [\"db\"]\n", "")
-        .replace("[services.web]\nexec = [\"/bin/sleep\", \"infinity\"]\nafter = [\"api\"]", "[services.web]\nexec = [\"/bin/sleep\", \"1000\"]\nafter = [\"db\"]");
+        .replace(
+            "[services.api]\nexec = [\"/bin/sleep\", \"infinity\"]\nafter = [\"db\"]\n",
+            "",
+        )
+        .replace(
+            "[services.web]\nexec = [\"/bin/sleep\", \"infinity\"]\nafter = [\"api\"]",
+            "[services.web]\nexec = [\"/bin/sleep\", \"1000\"]\nafter = [\"db\"]",
+        );
     std::fs::write(&path, changed).expect("write");
-    let v = ask(&r.control, ControlRequest::Reload).await.expect("reload accepted");
+    let v = ask(&r.control, ControlRequest::Reload)
+        .await
+        .expect("reload accepted");
     assert_eq!(v, 2);
     until("web rolled and api gone", || {
         running(&r.fake, "strata-web.service")
             && !r.fake.units().contains_key("strata-api.service")
-            && starts(&r.fake.calls()).iter().filter(|u| *u == "strata-web.service").count() == 2
+            && starts(&r.fake.calls())
+                .iter()
+                .filter(|u| *u == "strata-web.service")
+                .count()
+                == 2
     })
     .await;
-    assert_eq!(r.fake.units()["strata-db.service"].main_pid, pids[0], "db untouched");
+    assert_eq!(
+        r.fake.units()["strata-db.service"].main_pid,
+        pids[0],
+        "db untouched"
+    );
 
     // An invalid manifest is refused and changes nothing.
     std::fs::write(&path, "[node]\nid = 3\n").expect("write");
     let calls_before = r.fake.calls().len();
-    let err = ask(&r.control, ControlRequest::Reload).await.expect_err("invalid manifest refused");
-    assert!(err.to_string().starts_with("invalid manifest, the running graph is unchanged"), "{err}");
+    let err = ask(&r.control, ControlRequest::Reload)
+        .await
+        .expect_err("invalid manifest refused");
+    assert!(
+        err.to_string()
+            .starts_with("invalid manifest, the running graph is unchanged"),
+        "{err}"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(r.fake.calls().len(), calls_before);
     r.task.abort();
@@ -227,7 +325,13 @@ async fn a_refused_start_becomes_a_backoff_not_a_storm() {
     let fake = FakeDriver::new();
     fake.refuse_next_start("org.freedesktop.systemd1.UnitExists");
     let r = spawn(fake, &manifest_file("refuse", MANIFEST));
-    until("db running after a refused start", || running(&r.fake, "strata-db.service")).await;
-    assert_eq!(starts(&r.fake.calls())[..2], ["strata-db.service", "strata-db.service"]);
+    until("db running after a refused start", || {
+        running(&r.fake, "strata-db.service")
+    })
+    .await;
+    assert_eq!(
+        starts(&r.fake.calls())[..2],
+        ["strata-db.service", "strata-db.service"]
+    );
     r.task.abort();
 }

@@ -39,18 +39,29 @@ async fn graph_comes_up_in_dependency_order_with_budgets_and_hardening() {
         node.wait_state(s, "running", LONG).await;
     }
     let started = |u: &str| -> u64 {
-        node.show(u, "ExecMainStartTimestampMonotonic").parse().expect("timestamp")
+        node.show(u, "ExecMainStartTimestampMonotonic")
+            .parse()
+            .expect("timestamp")
     };
     let (db, api, web) = (
         started("strata-db.service"),
         started("strata-api.service"),
         started("strata-web.service"),
     );
-    assert!(db < api && api < web, "start order db {db} < api {api} < web {web}");
+    assert!(
+        db < api && api < web,
+        "start order db {db} < api {api} < web {web}"
+    );
 
     // Budgets, exactly as declared.
-    assert_eq!(node.show("strata-db.service", "MemoryMax"), (64u64 << 20).to_string());
-    assert_eq!(node.show("strata-db.service", "CPUQuotaPerSecUSec"), "500ms");
+    assert_eq!(
+        node.show("strata-db.service", "MemoryMax"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(
+        node.show("strata-db.service", "CPUQuotaPerSecUSec"),
+        "500ms"
+    );
     assert_eq!(node.show("strata-db.service", "TasksMax"), "32");
     assert_eq!(node.show("strata-db.service", "IOWeight"), "200");
     // The hardened baseline and the supervisor's own settings.
@@ -73,12 +84,22 @@ async fn graph_comes_up_in_dependency_order_with_budgets_and_hardening() {
         ("CapabilityBoundingSet", ""),
         ("UMask", "0077"),
     ] {
-        assert_eq!(node.show("strata-web.service", prop), want, "{prop} of strata-web.service");
+        assert_eq!(
+            node.show("strata-web.service", prop),
+            want,
+            "{prop} of strata-web.service"
+        );
     }
     let inaccessible = node.show("strata-web.service", "InaccessiblePaths");
-    assert!(inaccessible.contains("/run/dbus"), "system bus hidden: {inaccessible}");
+    assert!(
+        inaccessible.contains("/run/dbus"),
+        "system bus hidden: {inaccessible}"
+    );
     let desc = node.show("strata-web.service", "Description");
-    assert!(desc.contains("web"), "description explains the unit: {desc}");
+    assert!(
+        desc.contains("web"),
+        "description explains the unit: {desc}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +114,9 @@ restart = {{ initial = "100ms", max = "2s", quarantine = {{ crashes = 4, window 
         node_header()
     ));
     let proxy_conn = node.bus.clone();
-    let proxy = strata_systemd::control::Supervisor1Proxy::new(&proxy_conn).await.expect("proxy");
+    let proxy = strata_systemd::control::Supervisor1Proxy::new(&proxy_conn)
+        .await
+        .expect("proxy");
     let mut crashes = proxy.receive_service_crashed().await.expect("subscribe");
     node.start_supervisor().await;
 
@@ -109,12 +132,22 @@ restart = {{ initial = "100ms", max = "2s", quarantine = {{ crashes = 4, window 
     })
     .await
     .expect("four crashes within 30 s");
-    assert!(seen.iter().all(|(_, r)| r == "exited with status 3"), "{seen:?}");
+    assert!(
+        seen.iter().all(|(_, r)| r == "exited with status 3"),
+        "{seen:?}"
+    );
 
     let info = node.wait_state("crashy", "quarantined", LONG).await;
-    assert!(info.reason.contains("4 failures"), "quarantine reason: {}", info.reason);
+    assert!(
+        info.reason.contains("4 failures"),
+        "quarantine reason: {}",
+        info.reason
+    );
     assert_eq!(info.last_exit, "exited with status 3");
-    assert_eq!(info.restarts, 3, "three restarts before the fourth crash quarantined it");
+    assert_eq!(
+        info.restarts, 3,
+        "three restarts before the fourth crash quarantined it"
+    );
     // The failed unit stays visible to systemctl with its result.
     assert_eq!(node.show("strata-crashy.service", "ActiveState"), "failed");
     assert_eq!(node.show("strata-crashy.service", "Result"), "exit-code");
@@ -139,7 +172,9 @@ restart = {{ initial = "5s", quarantine = {{ crashes = 1, window = "1m" }} }}
 "#,
         node_header()
     ));
-    let proxy = strata_systemd::control::Supervisor1Proxy::new(&node.bus).await.expect("proxy");
+    let proxy = strata_systemd::control::Supervisor1Proxy::new(&node.bus)
+        .await
+        .expect("proxy");
     let mut crashes = proxy.receive_service_crashed().await.expect("subscribe");
     node.start_supervisor().await;
     let reason = tokio::time::timeout(LONG, async {
@@ -162,7 +197,10 @@ async fn a_killed_supervisor_adopts_running_units_and_reload_rolls_only_changes(
         node.wait_state(s, "running", LONG).await;
     }
     let pids = |node: &Node| -> Vec<String> {
-        ["db", "api", "web"].iter().map(|s| node.show(&format!("strata-{s}.service"), "MainPID")).collect()
+        ["db", "api", "web"]
+            .iter()
+            .map(|s| node.show(&format!("strata-{s}.service"), "MainPID"))
+            .collect()
     };
     let before = pids(&node);
     assert!(before.iter().all(|p| p != "0"), "{before:?}");
@@ -179,7 +217,10 @@ async fn a_killed_supervisor_adopts_running_units_and_reload_rolls_only_changes(
 
     // web changes, api goes away (web now runs after db).
     let changed = three_services()
-        .replace("[services.api]\nexec = [\"/bin/sleep\", \"infinity\"]\nafter = [\"db\"]\n", "")
+        .replace(
+            "[services.api]\nexec = [\"/bin/sleep\", \"infinity\"]\nafter = [\"db\"]\n",
+            "",
+        )
         .replace(
             "[services.web]\nexec = [\"/bin/sleep\", \"infinity\"]\nafter = [\"api\"]",
             "[services.web]\nexec = [\"/bin/sleep\", \"100000\"]\nafter = [\"db\"]",
@@ -190,7 +231,11 @@ async fn a_killed_supervisor_adopts_running_units_and_reload_rolls_only_changes(
     assert_eq!(version, 2);
     let web = node.wait_state("web", "running", LONG).await;
     assert_ne!(web.main_pid.to_string(), before[2], "web was rolled");
-    assert_eq!(node.show("strata-db.service", "MainPID"), before[0], "db untouched");
+    assert_eq!(
+        node.show("strata-db.service", "MainPID"),
+        before[0],
+        "db untouched"
+    );
     let gone = tokio::time::timeout(LONG, async {
         loop {
             if node.show("strata-api.service", "LoadState") == "not-found" {
@@ -202,8 +247,15 @@ async fn a_killed_supervisor_adopts_running_units_and_reload_rolls_only_changes(
         }
     })
     .await;
-    assert!(gone.is_ok(), "api's unit is gone: {:?}", node.strata_units());
-    assert!(proxy.get_service("api").await.is_err(), "api is no longer declared");
+    assert!(
+        gone.is_ok(),
+        "api's unit is gone: {:?}",
+        node.strata_units()
+    );
+    assert!(
+        proxy.get_service("api").await.is_err(),
+        "api is no longer declared"
+    );
 
     // An invalid manifest is refused and the graph is untouched.
     node.write_manifest("[node]\nid = 5\n");
@@ -227,21 +279,40 @@ async fn only_root_or_strata_admin_may_stop_a_service() {
         } else {
             node.sd.command("busctl")
         };
-        cmd.args(["call", "org.strata.Supervisor1", "/org/strata/Supervisor1", "org.strata.Supervisor1", method, "s", name]);
+        cmd.args([
+            "call",
+            "org.strata.Supervisor1",
+            "/org/strata/Supervisor1",
+            "org.strata.Supervisor1",
+            method,
+            "s",
+            name,
+        ]);
         cmd.output().expect("busctl")
     };
     // Reading is open to everyone.
     let out = busctl(true, "GetService", "web");
-    assert!(out.status.success(), "nobody may read: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nobody may read: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Stopping is not.
     let out = busctl(true, "Stop", "web");
     assert!(!out.status.success(), "nobody must not stop web");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Access denied") || err.contains("AccessDenied"), "{err}");
+    assert!(
+        err.contains("Access denied") || err.contains("AccessDenied"),
+        "{err}"
+    );
     assert_eq!(node.show("strata-web.service", "ActiveState"), "active");
     // Positive control: root may.
     let out = busctl(false, "Stop", "web");
-    assert!(out.status.success(), "root may stop: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "root may stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     node.wait_state("web", "stopped", LONG).await;
 }
 
@@ -260,10 +331,18 @@ async fn a_service_without_capabilities_is_rated_1_5_or_lower() {
     let text = String::from_utf8_lossy(&out.stdout);
     let score: f64 = text
         .lines()
-        .find_map(|l| l.split("Overall exposure level for strata-web.service:").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for strata-web.service:")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level in:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     eprintln!("systemd-analyze security strata-web.service: {score}");
     assert!(score <= 1.5, "exposure {score} > 1.5:\n{text}");
 }

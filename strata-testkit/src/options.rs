@@ -48,8 +48,14 @@ impl BootOptions {
     /// namespace's system bus configuration, next to the host's own policy files.
     pub fn dbus_policy(self, host_file: impl Into<PathBuf>) -> Self {
         let host_file = host_file.into();
-        let name = host_file.file_name().map(PathBuf::from).unwrap_or_else(|| "policy.conf".into());
-        self.bind_ro(host_file, PathBuf::from("/run/strata-test/dbus-policy").join(name))
+        let name = host_file
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "policy.conf".into());
+        self.bind_ro(
+            host_file,
+            PathBuf::from("/run/strata-test/dbus-policy").join(name),
+        )
     }
 
     /// Do not bind the cargo build directory at `BIN_DIR` (then `inside_bin` fails).

@@ -1,7 +1,7 @@
 //! The subcommands of strata-ctl, one module each.
 
-pub mod check;
-pub mod service;
 pub mod audit;
 pub mod call;
+pub mod check;
+pub mod service;
 pub mod token;

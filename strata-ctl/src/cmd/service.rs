@@ -62,8 +62,12 @@ async fn connect() -> Result<Supervisor1Proxy<'static>, ExitCode> {
         eprintln!("hint: is strata-supervisor running? `systemctl status strata-supervisor`");
         ExitCode::from(EXIT_UNREACHABLE)
     };
-    let conn = zbus::Connection::system().await.map_err(|e| fail("cannot reach the system bus", &e))?;
-    let proxy = Supervisor1Proxy::new(&conn).await.map_err(|e| fail("cannot reach org.strata.Supervisor1", &e))?;
+    let conn = zbus::Connection::system()
+        .await
+        .map_err(|e| fail("cannot reach the system bus", &e))?;
+    let proxy = Supervisor1Proxy::new(&conn)
+        .await
+        .map_err(|e| fail("cannot reach org.strata.Supervisor1", &e))?;
     Ok(proxy)
 }
 
@@ -74,11 +78,15 @@ fn refused(what: &str, e: &zbus::Error) -> ExitCode {
             let msg = msg.as_deref().unwrap_or("");
             eprintln!("strata-ctl: {what}: {msg} ({name})");
             match name.as_str() {
-                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
-                    eprintln!("hint: strata-supervisor is not running: `systemctl status strata-supervisor`");
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+                    eprintln!(
+                        "hint: strata-supervisor is not running: `systemctl status strata-supervisor`"
+                    );
                     ExitCode::from(EXIT_UNREACHABLE)
                 }
-                "org.strata.Supervisor1.Error.AccessDenied" | "org.freedesktop.DBus.Error.AccessDenied" => {
+                "org.strata.Supervisor1.Error.AccessDenied"
+                | "org.freedesktop.DBus.Error.AccessDenied" => {
                     eprintln!("hint: run as root or as a member of group strata-admin");
                     ExitCode::from(EXIT_REFUSED)
                 }
@@ -152,7 +160,11 @@ pub fn render_table(services: &[ServiceInfo], now_usec: u64) -> String {
             [
                 s.name.clone(),
                 s.state.clone(),
-                if s.main_pid == 0 { "-".into() } else { s.main_pid.to_string() },
+                if s.main_pid == 0 {
+                    "-".into()
+                } else {
+                    s.main_pid.to_string()
+                },
                 s.restarts.to_string(),
                 age(s.since_usec, now_usec),
                 reason,
@@ -234,7 +246,11 @@ pub fn logs(args: &LogsArgs) -> Result<ExitCode> {
         cmd.arg("-f");
     }
     let status = cmd.status().context("cannot run journalctl")?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_REFUSED) })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_REFUSED)
+    })
 }
 
 /// Follows the supervisor's signals and prints one line per event until interrupted.
@@ -294,7 +310,13 @@ mod tests {
         let t = render_table(
             &[
                 s("web", "running", 42, "", ""),
-                s("crashy", "quarantined", 0, "5 failures within 10m", "exited with status 1"),
+                s(
+                    "crashy",
+                    "quarantined",
+                    0,
+                    "5 failures within 10m",
+                    "exited with status 1",
+                ),
                 s("db", "exited", 0, "", "exited with status 0"),
             ],
             125_000_000,

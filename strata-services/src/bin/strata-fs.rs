@@ -23,8 +23,9 @@ struct Args {
     /// Sockets and the published identity.pub.
     #[arg(long, env = "STRATA_RUNTIME_DIR", default_value = "/run/strata")]
     runtime_dir: PathBuf,
-    /// A directory served (repeatable); nothing outside the roots is ever opened.
-    #[arg(long = "root", required = true)]
+    /// A directory served (repeatable); nothing outside the roots is ever opened (without
+    /// any, every path is refused).
+    #[arg(long = "root")]
     roots: Vec<String>,
     /// The roots are writable (granted by the manifest's `[core.fs] writable`); protocol v1
     /// has no write methods, so this only documents the sandbox.
@@ -52,6 +53,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging("fs");
+    if args.roots.is_empty() {
+        tracing::warn!("no --root given ([core.fs] roots is empty): every path will be refused");
+    }
     let wait = Duration::from_secs(args.identity_wait);
     let sender = if args.no_audit {
         None

@@ -39,6 +39,9 @@ pub const METHODS: &[&str] = &["fs.open", "fs.read", "fs.list", "fs.stat", "fs.c
 /// Entries one fs.list answers at most (a longer listing is paged with `offset`).
 pub const MAX_LIST_ENTRIES: usize = 10_000;
 
+/// Entries a listed directory may have at all (they are read and sorted in memory).
+pub const MAX_DIR_ENTRIES: usize = 1_000_000;
+
 /// Settings of the fs service.
 #[derive(Debug, Clone)]
 pub struct FsConfig {
@@ -455,6 +458,14 @@ impl FsService {
             })?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
+                if names.len() >= MAX_DIR_ENTRIES {
+                    return Err(RpcError::resource_exhausted(format!(
+                        "directory `{}` has more than {MAX_DIR_ENTRIES} entries: too many to list",
+                        p.path
+                    ))
+                    .with_detail("path", p.path.as_str())
+                    .with_detail("limit", MAX_DIR_ENTRIES));
+                }
                 names.push(name.to_vec());
             }
         }

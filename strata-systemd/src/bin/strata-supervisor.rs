@@ -9,15 +9,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use strata_core::manifest::CoreService;
 use strata_systemd::control::{
     AdminPolicy, BUS_NAME, ControlRequest, DEFAULT_ADMIN_GROUP, OBJECT_PATH, SupervisorInterface,
 };
-use strata_core::manifest::CoreService;
-use strata_systemd::supervisor::{
-    LaunchSettings, NodeHooks, QuarantineStore, Signal, Supervisor, SupervisorConfig,
-    load_manifest,
-};
 use strata_systemd::supervisor::publish::BusPublisher;
+use strata_systemd::supervisor::{
+    LaunchSettings, NodeHooks, QuarantineStore, Signal, Supervisor, SupervisorConfig, load_manifest,
+};
 use strata_systemd::systemd::SystemdDriver;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -25,7 +24,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Strata's node supervisor: runs the declared services as sandboxed transient systemd units")]
+#[command(
+    version,
+    about = "Strata's node supervisor: runs the declared services as sandboxed transient systemd units"
+)]
 struct Args {
     /// The manifest (TOML).
     #[arg(long, default_value = "/etc/strata/strata.toml")]
@@ -49,9 +51,15 @@ fn init_logging(filter: &str) -> Result<()> {
     // Log to the journal when it is there (structured STRATA_* fields), else to stderr.
     match tracing_journald::layer() {
         Ok(layer) => registry
-            .with(layer.with_field_prefix(None).with_syslog_identifier("strata-supervisor".into()))
+            .with(
+                layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("strata-supervisor".into()),
+            )
             .init(),
-        Err(_) => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init(),
+        Err(_) => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
     }
     Ok(())
 }
@@ -72,11 +80,15 @@ async fn main() -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let manifest = load_manifest(&args.config)
         .with_context(|| format!("manifest {} rejected", args.config.display()))?;
-    let launch = LaunchSettings { launcher: args.launcher.map(|p| p.display().to_string()) };
+    let launch = LaunchSettings {
+        launcher: args.launcher.map(|p| p.display().to_string()),
+    };
     let store_dir = PathBuf::from(&manifest.node.state_dir).join("supervisor");
     let store = QuarantineStore::open(&store_dir)?;
 
-    let driver = SystemdDriver::connect().await.context("cannot connect to systemd")?;
+    let driver = SystemdDriver::connect()
+        .await
+        .context("cannot connect to systemd")?;
     let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
     let iface = SupervisorInterface::new(
         control_tx,
@@ -89,10 +101,14 @@ async fn run(args: Args) -> Result<()> {
         .serve_at(OBJECT_PATH, iface)?
         .build()
         .await
-        .with_context(|| format!("cannot own {BUS_NAME} on the system bus (is the D-Bus policy installed?)"))?;
+        .with_context(|| {
+            format!("cannot own {BUS_NAME} on the system bus (is the D-Bus policy installed?)")
+        })?;
     let publisher = BusPublisher::new(&conn)?;
 
-    let config = SupervisorConfig { manifest_path: args.config.clone(), launch,
+    let config = SupervisorConfig {
+        manifest_path: args.config.clone(),
+        launch,
         seed: rand_seed(),
         watchdog: sd_notify::watchdog_enabled(),
     };
@@ -118,7 +134,13 @@ async fn run(args: Args) -> Result<()> {
             }
         }
     });
-    tracing::info!(STRATA_EVENT = "supervisor.started", node = manifest.node.id.as_str(), "supervising {} services from {}", manifest.all_services().len(), args.config.display());
+    tracing::info!(
+        STRATA_EVENT = "supervisor.started",
+        node = manifest.node.id.as_str(),
+        "supervising {} services from {}",
+        manifest.all_services().len(),
+        args.config.display()
+    );
     supervisor.run(control_rx, sig_rx).await?;
     Ok(())
 }

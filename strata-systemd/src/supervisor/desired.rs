@@ -18,7 +18,9 @@ pub struct LaunchSettings {
 impl LaunchSettings {
     fn config(&self, manifest: &Manifest) -> LaunchConfig {
         match &self.launcher {
-            Some(l) => LaunchConfig { launcher: l.clone() },
+            Some(l) => LaunchConfig {
+                launcher: l.clone(),
+            },
             None => LaunchConfig::for_manifest(manifest),
         }
     }
@@ -28,7 +30,10 @@ impl LaunchSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum DesiredError {
     #[error("cannot read manifest {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(#[from] ManifestErrors),
     #[error("{0}")]
@@ -41,8 +46,10 @@ pub enum DesiredError {
 
 /// Reads and validates the manifest at `path`, including its service graph.
 pub fn load_manifest(path: &Path) -> Result<Manifest, DesiredError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| DesiredError::Read { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DesiredError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     let manifest = Manifest::parse(&path.display().to_string(), &text)?;
     ServiceGraph::new(&manifest)?;
     Ok(manifest)

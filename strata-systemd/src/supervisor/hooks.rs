@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_core::capability::call_actions;
+use strata_core::manifest::CoreService;
 use strata_core::unit::{PropValue, UnitSpec};
 use strata_services::ipc::client::{Client, ClientConfig};
 
@@ -48,7 +49,10 @@ pub struct NodeHooks {
 
 impl NodeHooks {
     pub fn new(runtime_dir: impl Into<PathBuf>, registry_enabled: bool) -> Self {
-        Self { runtime_dir: runtime_dir.into(), registry_enabled }
+        Self {
+            runtime_dir: runtime_dir.into(),
+            registry_enabled,
+        }
     }
 
     fn socket(&self, service: &str) -> PathBuf {
@@ -56,7 +60,10 @@ impl NodeHooks {
     }
 
     async fn client(&self, service: &str) -> Result<Client, String> {
-        let config = ClientConfig { call_timeout: Duration::from_secs(3), ..ClientConfig::default() };
+        let config = ClientConfig {
+            call_timeout: Duration::from_secs(3),
+            ..ClientConfig::default()
+        };
         let path = self.socket(service);
         Client::connect_with(&path, config)
             .await
@@ -67,15 +74,23 @@ impl NodeHooks {
     async fn deliver_token(&self, service: &str, target: &str, path: &Path) -> Result<(), String> {
         let mut identity = self.client("identity").await?;
         let result = identity
-            .call("identity.issue", json!({ "service": target, "actions": call_actions(target) }), None)
+            .call(
+                "identity.issue",
+                json!({ "service": target, "actions": call_actions(target) }),
+                None,
+            )
             .await
             .map_err(|e| format!("identity refused a token for {service}'s call:{target}: {e}"))?;
         let token = result
             .get("token")
             .and_then(|t| t.as_str())
             .ok_or_else(|| format!("identity answered without a token for call:{target}"))?;
-        write_secret(path, token.as_bytes())
-            .map_err(|e| format!("cannot write the token for call:{target} to {}: {e}", path.display()))?;
+        write_secret(path, token.as_bytes()).map_err(|e| {
+            format!(
+                "cannot write the token for call:{target} to {}: {e}",
+                path.display()
+            )
+        })?;
         tracing::info!(
             STRATA_SERVICE = service,
             STRATA_EVENT = "token.delivered",
@@ -85,11 +100,38 @@ impl NodeHooks {
         Ok(())
     }
 
+    /// A core service listens in its own RuntimeDirectory (`<runtime_dir>/<svc>/<svc>.sock`,
+    /// created by systemd for its dynamic user); clients use the documented
+    /// `<runtime_dir>/<svc>.sock`, a symlink the supervisor (root) keeps in place.
+    fn link_socket(&self, service: &str) -> Result<(), String> {
+        let link = self.socket(service);
+        let target = PathBuf::from(service).join(format!("{service}.sock"));
+        let err = |e: std::io::Error| {
+            format!(
+                "cannot link {} to {}: {e}",
+                link.display(),
+                target.display()
+            )
+        };
+        std::fs::create_dir_all(&self.runtime_dir).map_err(err)?;
+        match std::fs::read_link(&link) {
+            Ok(existing) if existing == target => return Ok(()),
+            Ok(_) => std::fs::remove_file(&link).map_err(err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => std::fs::remove_file(&link).map_err(err)?,
+        }
+        std::os::unix::fs::symlink(&target, &link).map_err(err)
+    }
+
     async fn register(&self, service: &str) -> Result<(), String> {
         let mut registry = self.client("registry").await?;
         let endpoint = format!("unix://{}", self.socket(service).display());
         registry
-            .call("registry.register", json!({ "service": service, "endpoint": endpoint, "api_v": 1 }), None)
+            .call(
+                "registry.register",
+                json!({ "service": service, "endpoint": endpoint, "api_v": 1 }),
+                None,
+            )
             .await
             .map(|_| ())
             .map_err(|e| format!("registry refused {service}: {e}"))
@@ -98,11 +140,17 @@ impl NodeHooks {
 
 impl Hooks for NodeHooks {
     async fn before_start(&mut self, spec: &UnitSpec) -> Result<(), String> {
+        if CoreService::from_name(&spec.service).is_some() {
+            self.link_socket(&spec.service)?;
+        }
         for prop in &spec.properties {
-            let PropValue::Credentials(creds) = &prop.value else { continue };
+            let PropValue::Credentials(creds) = &prop.value else {
+                continue;
+            };
             for (id, path) in creds {
                 if let Some(target) = id.strip_prefix(TOKEN_CREDENTIAL_PREFIX) {
-                    self.deliver_token(&spec.service, target, Path::new(path)).await?;
+                    self.deliver_token(&spec.service, target, Path::new(path))
+                        .await?;
                 }
             }
         }
@@ -124,8 +172,16 @@ impl Hooks for NodeHooks {
         };
         for name in names {
             match self.register(name).await {
-                Ok(()) => tracing::info!(STRATA_SERVICE = name, STRATA_EVENT = "registry.registered", "registered {name}"),
-                Err(e) => tracing::warn!(STRATA_SERVICE = name, STRATA_EVENT = "registry.register_failed", "{e}"),
+                Ok(()) => tracing::info!(
+                    STRATA_SERVICE = name,
+                    STRATA_EVENT = "registry.registered",
+                    "registered {name}"
+                ),
+                Err(e) => tracing::warn!(
+                    STRATA_SERVICE = name,
+                    STRATA_EVENT = "registry.register_failed",
+                    "{e}"
+                ),
             }
         }
     }
@@ -135,9 +191,17 @@ impl Hooks for NodeHooks {
 /// reads a half-written token).
 fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("/"));
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

@@ -110,8 +110,15 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
         let mut reconciler = Reconciler::new(desired, config.seed, Timestamp::EPOCH);
         for (name, reason) in store.entries() {
             // A mark for a service no longer declared is simply dropped at the next write.
-            if reconciler.restore_quarantine(name, reason, Timestamp::EPOCH).is_ok() {
-                tracing::warn!(STRATA_SERVICE = name.as_str(), STRATA_EVENT = "service.quarantine_restored", "{name} stays quarantined: {reason}");
+            if reconciler
+                .restore_quarantine(name, reason, Timestamp::EPOCH)
+                .is_ok()
+            {
+                tracing::warn!(
+                    STRATA_SERVICE = name.as_str(),
+                    STRATA_EVENT = "service.quarantine_restored",
+                    "{name} stays quarantined: {reason}"
+                );
             }
         }
         Ok(Self {
@@ -187,7 +194,11 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
                 self.step().await?;
                 if !self.ready_sent {
                     self.ready_sent = true;
-                    self.publisher.publish(Published::Ready { services: self.reconciler.status().len() }).await;
+                    self.publisher
+                        .publish(Published::Ready {
+                            services: self.reconciler.status().len(),
+                        })
+                        .await;
                 }
             }
         }
@@ -236,28 +247,51 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
     async fn execute(&mut self, action: Action, now: Timestamp) -> bool {
         match action {
             Action::Start(spec) => {
-                tracing::info!(STRATA_SERVICE = spec.service.as_str(), STRATA_EVENT = "unit.start", unit = spec.unit.as_str(), spec_hash = spec.spec_hash.as_str(), "starting {}", spec.unit);
+                tracing::info!(
+                    STRATA_SERVICE = spec.service.as_str(),
+                    STRATA_EVENT = "unit.start",
+                    unit = spec.unit.as_str(),
+                    spec_hash = spec.spec_hash.as_str(),
+                    "starting {}",
+                    spec.unit
+                );
                 let started = match self.hooks.before_start(&spec).await {
                     Ok(()) => self.driver.start(&spec).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
                 if let Err(reason) = started {
-                    tracing::error!(STRATA_SERVICE = spec.service.as_str(), STRATA_EVENT = "unit.start_rejected", "{reason}");
+                    tracing::error!(
+                        STRATA_SERVICE = spec.service.as_str(),
+                        STRATA_EVENT = "unit.start_rejected",
+                        "{reason}"
+                    );
                     // Only fails for a service removed meanwhile; nothing to count then.
                     let _ = self.reconciler.start_failed(&spec.service, &reason, now);
                     return true;
                 }
             }
             Action::Stop { unit } => {
-                tracing::info!(STRATA_EVENT = "unit.stop", unit = unit.as_str(), "stopping {unit}");
+                tracing::info!(
+                    STRATA_EVENT = "unit.stop",
+                    unit = unit.as_str(),
+                    "stopping {unit}"
+                );
                 if let Err(e) = self.driver.stop(&unit).await {
                     // The reconciler issues the stop again if nothing moves.
-                    tracing::error!(STRATA_EVENT = "unit.stop_failed", unit = unit.as_str(), "{e}");
+                    tracing::error!(
+                        STRATA_EVENT = "unit.stop_failed",
+                        unit = unit.as_str(),
+                        "{e}"
+                    );
                 }
             }
             Action::ResetFailed { unit } => {
                 if let Err(e) = self.driver.reset_failed(&unit).await {
-                    tracing::error!(STRATA_EVENT = "unit.reset_failed_failed", unit = unit.as_str(), "{e}");
+                    tracing::error!(
+                        STRATA_EVENT = "unit.reset_failed_failed",
+                        unit = unit.as_str(),
+                        "{e}"
+                    );
                 }
             }
         }
@@ -266,8 +300,19 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
 
     async fn publish_event(&mut self, event: Event) -> Result<(), SupervisorError> {
         match event {
-            Event::Transition { service, old, new, reason } => {
-                tracing::info!(STRATA_SERVICE = service.as_str(), STRATA_EVENT = "service.state", old = old.as_str(), new = new.as_str(), "{service}: {old} -> {new}: {reason}");
+            Event::Transition {
+                service,
+                old,
+                new,
+                reason,
+            } => {
+                tracing::info!(
+                    STRATA_SERVICE = service.as_str(),
+                    STRATA_EVENT = "service.state",
+                    old = old.as_str(),
+                    new = new.as_str(),
+                    "{service}: {old} -> {new}: {reason}"
+                );
                 if new == StateKind::Quarantined {
                     self.store.insert(&service, &reason)?;
                 } else if old == StateKind::Quarantined {
@@ -282,20 +327,48 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
                         .map(|s| s.name)
                         .collect();
                     self.hooks.running(&service, &running).await;
-                    self.publisher.publish(Published::Health { service: service.clone(), ok: true }).await;
+                    self.publisher
+                        .publish(Published::Health {
+                            service: service.clone(),
+                            ok: true,
+                        })
+                        .await;
                 } else if old == StateKind::Running && new != StateKind::Running {
-                    self.publisher.publish(Published::Health { service: service.clone(), ok: false }).await;
+                    self.publisher
+                        .publish(Published::Health {
+                            service: service.clone(),
+                            ok: false,
+                        })
+                        .await;
                 }
                 self.publisher
-                    .publish(Published::StateChanged { service, old: old.as_str().into(), new: new.as_str().into(), reason })
+                    .publish(Published::StateChanged {
+                        service,
+                        old: old.as_str().into(),
+                        new: new.as_str().into(),
+                        reason,
+                    })
                     .await;
             }
             Event::Crashed { service, reason } => {
-                tracing::warn!(STRATA_SERVICE = service.as_str(), STRATA_EVENT = "service.crashed", "{service} {reason}");
-                self.publisher.publish(Published::Crashed { service, reason: reason.to_string() }).await;
+                tracing::warn!(
+                    STRATA_SERVICE = service.as_str(),
+                    STRATA_EVENT = "service.crashed",
+                    "{service} {reason}"
+                );
+                self.publisher
+                    .publish(Published::Crashed {
+                        service,
+                        reason: reason.to_string(),
+                    })
+                    .await;
             }
             Event::Removed { service } => {
-                tracing::info!(STRATA_SERVICE = service.as_str(), STRATA_EVENT = "service.removed", "{service} is no longer declared; stopping its unit");
+                tracing::info!(
+                    STRATA_SERVICE = service.as_str(),
+                    STRATA_EVENT = "service.removed",
+                    "{service} is no longer declared; stopping its unit"
+                );
                 self.store.remove(&service)?;
             }
         }
@@ -334,7 +407,11 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
             restarts: s.restarts,
             since_usec,
             reason,
-            last_exit: s.last_exit.as_ref().map(ToString::to_string).unwrap_or_default(),
+            last_exit: s
+                .last_exit
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         }
     }
 
@@ -342,7 +419,12 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
         let now = self.now();
         match req {
             ControlRequest::List(tx) => {
-                let all = self.reconciler.status().iter().map(|s| self.info(s)).collect();
+                let all = self
+                    .reconciler
+                    .status()
+                    .iter()
+                    .map(|s| self.info(s))
+                    .collect();
                 let _ = tx.send(all);
             }
             ControlRequest::Get(name, tx) => {
@@ -374,24 +456,40 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
         let path = self.config.manifest_path.clone();
         let desired = load_manifest(&path)
             .map_err(|e| e.to_string())
-            .and_then(|m| desired_from_manifest(&m, &self.config.launch).map_err(|e| e.to_string()));
+            .and_then(|m| {
+                desired_from_manifest(&m, &self.config.launch).map_err(|e| e.to_string())
+            });
         match desired {
             Ok(desired) => {
                 self.reconciler.set_desired(desired, self.now());
                 self.version += 1;
-                tracing::info!(STRATA_EVENT = "config.reloaded", version = self.version, "reloaded {}", path.display());
-                self.publisher.publish(Published::ConfigUpdated(self.version)).await;
+                tracing::info!(
+                    STRATA_EVENT = "config.reloaded",
+                    version = self.version,
+                    "reloaded {}",
+                    path.display()
+                );
+                self.publisher
+                    .publish(Published::ConfigUpdated(self.version))
+                    .await;
                 Ok(self.version)
             }
             Err(msg) => {
-                tracing::error!(STRATA_EVENT = "config.rejected", "rejected {}; the running graph is unchanged:\n{msg}", path.display());
+                tracing::error!(
+                    STRATA_EVENT = "config.rejected",
+                    "rejected {}; the running graph is unchanged:\n{msg}",
+                    path.display()
+                );
                 Err(ControlError::InvalidManifest(msg))
             }
         }
     }
 
     async fn shutdown(&mut self) {
-        tracing::info!(STRATA_EVENT = "supervisor.stopping", "stopping; services keep running and are adopted at the next start");
+        tracing::info!(
+            STRATA_EVENT = "supervisor.stopping",
+            "stopping; services keep running and are adopted at the next start"
+        );
         self.publisher.publish(Published::Shutdown).await;
     }
 }
@@ -415,9 +513,10 @@ async fn watchdog_tick(interval: Option<&mut tokio::time::Interval>) {
 fn control_error(e: ReconcileError) -> ControlError {
     match e {
         ReconcileError::UnknownService { name } => ControlError::UnknownService(name),
-        ReconcileError::NotQuarantined { name, state } => {
-            ControlError::NotQuarantined { name, state: state.as_str().to_owned() }
-        }
+        ReconcileError::NotQuarantined { name, state } => ControlError::NotQuarantined {
+            name,
+            state: state.as_str().to_owned(),
+        },
         other => ControlError::Failed(other.to_string()),
     }
 }

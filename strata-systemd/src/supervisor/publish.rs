@@ -12,12 +12,25 @@ use crate::control::SupervisorInterface;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Published {
     /// The first reconcile after the initial resync is done.
-    Ready { services: usize },
+    Ready {
+        services: usize,
+    },
     /// A one-line summary for `systemctl status strata-supervisor` (sd_notify STATUS=).
     Status(String),
-    StateChanged { service: String, old: String, new: String, reason: String },
-    Health { service: String, ok: bool },
-    Crashed { service: String, reason: String },
+    StateChanged {
+        service: String,
+        old: String,
+        new: String,
+        reason: String,
+    },
+    Health {
+        service: String,
+        ok: bool,
+    },
+    Crashed {
+        service: String,
+        reason: String,
+    },
     ConfigUpdated(u64),
     /// The loop is alive (sd_notify WATCHDOG=1).
     Watchdog,
@@ -37,13 +50,21 @@ pub struct RecordingPublisher {
 
 impl RecordingPublisher {
     pub fn take(&self) -> Vec<Published> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(
+            &mut *self
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
 impl Publisher for RecordingPublisher {
     async fn publish(&self, event: Published) {
-        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(event);
     }
 }
 
@@ -55,7 +76,9 @@ pub struct BusPublisher {
 
 impl BusPublisher {
     pub fn new(conn: &zbus::Connection) -> zbus::Result<Self> {
-        Ok(Self { emitter: SignalEmitter::new(conn, crate::control::OBJECT_PATH)?.into_owned() })
+        Ok(Self {
+            emitter: SignalEmitter::new(conn, crate::control::OBJECT_PATH)?.into_owned(),
+        })
     }
 }
 
@@ -84,10 +107,15 @@ impl Publisher for BusPublisher {
                 notify(&[sd_notify::NotifyState::Status(line)]);
                 Ok(())
             }
-            Published::StateChanged { service, old, new, reason } => {
-                SupervisorInterface::service_state_changed(em, service, old, new, reason).await
+            Published::StateChanged {
+                service,
+                old,
+                new,
+                reason,
+            } => SupervisorInterface::service_state_changed(em, service, old, new, reason).await,
+            Published::Health { service, ok } => {
+                SupervisorInterface::health(em, service, *ok).await
             }
-            Published::Health { service, ok } => SupervisorInterface::health(em, service, *ok).await,
             Published::Crashed { service, reason } => {
                 SupervisorInterface::service_crashed(em, service, reason).await
             }

@@ -12,11 +12,20 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot read quarantine marks {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("quarantine marks {path} are corrupt: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot write quarantine marks {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The persisted set of quarantined services and why.
@@ -29,21 +38,32 @@ pub struct QuarantineStore {
 impl QuarantineStore {
     /// A store that persists nothing (tests of the loop).
     pub fn in_memory() -> Self {
-        Self { path: None, marks: BTreeMap::new() }
+        Self {
+            path: None,
+            marks: BTreeMap::new(),
+        }
     }
 
     /// Opens `<dir>/quarantine.json`, creating `dir` (0700) when missing.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("quarantine.json");
-        let io = |source| StoreError::Read { path: path.clone(), source };
+        let io = |source| StoreError::Read {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
         let marks = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StoreError::Corrupt { path: path.clone(), source })?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                path: path.clone(),
+                source,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(io(e)),
         };
-        Ok(Self { path: Some(path), marks })
+        Ok(Self {
+            path: Some(path),
+            marks,
+        })
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&String, &String)> {
@@ -63,9 +83,14 @@ impl QuarantineStore {
     }
 
     fn persist(&self) -> Result<(), StoreError> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let bytes = serde_json::to_vec_pretty(&self.marks).unwrap_or_default();
-        atomic_write(path, &bytes).map_err(|source| StoreError::Write { path: path.clone(), source })
+        atomic_write(path, &bytes).map_err(|source| StoreError::Write {
+            path: path.clone(),
+            source,
+        })
     }
 }
 
@@ -100,9 +125,15 @@ mod tests {
         s.remove("db").expect("remove");
         let again = QuarantineStore::open(&dir).expect("reopen");
         let got: Vec<_> = again.entries().collect();
-        assert_eq!(got, vec![(&"web".to_owned(), &"5 failures within 10m".to_owned())]);
+        assert_eq!(
+            got,
+            vec![(&"web".to_owned(), &"5 failures within 10m".to_owned())]
+        );
         std::fs::write(dir.join("quarantine.json"), b"{not json").expect("write");
-        assert!(matches!(QuarantineStore::open(&dir), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            QuarantineStore::open(&dir),
+            Err(StoreError::Corrupt { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
