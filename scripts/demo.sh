@@ -72,7 +72,10 @@ else
     echo "$pid" >"$STATE/testns.pid"
     inside=(nsenter -t "$pid" -m -p -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin)
     mkdir -p "/proc/$pid/root/run/strata-demo"
-    sed "s|^\[node\]|[node]\nbinaries_dir = \"/run/strata-test/bin\"|" "$MANIFEST" >"/proc/$pid/root/run/strata-demo/strata.toml"
+    # Binaries from the build; durable state in the namespace's private /var/lib/strata-test
+    # (the host's /var/lib/strata is never touched).
+    sed "s|^\[node\]|[node]\nbinaries_dir = \"/run/strata-test/bin\"\nstate_dir = \"/var/lib/strata-test/state\"|" \
+        "$MANIFEST" >"/proc/$pid/root/run/strata-demo/strata.toml"
     # The supervisor runs inside the namespace, like a unit of that systemd would.
     setsid "${inside[@]}" /run/strata-test/bin/strata-supervisor --config /run/strata-demo/strata.toml \
         </dev/null >"$STATE/supervisor.log" 2>&1 &

@@ -58,6 +58,10 @@ fi
 mount -t tmpfs -o mode=1777,$TMPFS_OPTS tmpfs /tmp
 mount -t tmpfs -o mode=1777,$TMPFS_OPTS tmpfs /var/tmp
 if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=2755,$TMPFS_OPTS tmpfs /var/log/journal; fi
+# DynamicUser units keep their StateDirectory in /var/lib/private: give the namespace its own
+# (an empty 0700 mount point is all that stays on the host, as systemd itself would create it).
+[ -d /var/lib/private ] || mkdir -m 0700 /var/lib/private
+mount -t tmpfs -o mode=0700,$TMPFS_OPTS tmpfs /var/lib/private
 # The library created this empty mount point on the host; the namespace gets its own copy.
 if [ -d /var/lib/strata-test ]; then mount -t tmpfs -o mode=0755,$TMPFS_OPTS tmpfs /var/lib/strata-test; fi
 

@@ -33,8 +33,11 @@ struct Args {
     #[arg(long, default_value = ADMIN_GROUP)]
     admin_group: String,
     /// Longest lifetime of an issued token, in seconds.
-    #[arg(long, default_value_t = strata_core::token::MAX_TTL.as_secs())]
+    #[arg(long, alias = "token-ttl-max", default_value_t = strata_core::token::MAX_TTL.as_secs())]
     max_ttl: u64,
+    /// Lifetime of a token issued without `ttl_seconds`, in seconds.
+    #[arg(long, alias = "token-ttl-default", default_value_t = strata_core::token::DEFAULT_TTL.as_secs())]
+    default_ttl: u64,
     /// Connections served at once.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
@@ -65,10 +68,22 @@ fn init_logging() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
-    let mut config = IdentityConfig::new(&args.state_dir, &args.runtime_dir, &args.node_id);
+    // Under the supervisor, identity is a DynamicUser unit that may write only its own
+    // RuntimeDirectory (<runtime_dir>/identity): its socket and identity.pub live there, and
+    // the supervisor links <runtime_dir>/identity.{sock,pub} to them.
+    let own_dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|v| v.split(':').next())
+                .map(PathBuf::from)
+        })
+        .filter(|p| !p.as_os_str().is_empty());
+    let runtime_dir = own_dir.unwrap_or(args.runtime_dir);
+    let mut config = IdentityConfig::new(&args.state_dir, &runtime_dir, &args.node_id);
     config.services = args.services.into_iter().collect::<BTreeSet<_>>();
     config.admin_group = args.admin_group;
     config.max_ttl = Duration::from_secs(args.max_ttl);
+    config.default_ttl = Duration::from_secs(args.default_ttl);
     let identity = Identity::open(config).context("starting the identity service")?;
     let socket = identity.socket_path();
     let listener = bind(&socket).with_context(|| format!("listening on {}", socket.display()))?;

@@ -102,10 +102,11 @@ impl NodeHooks {
 
     /// A core service listens in its own RuntimeDirectory (`<runtime_dir>/<svc>/<svc>.sock`,
     /// created by systemd for its dynamic user); clients use the documented
-    /// `<runtime_dir>/<svc>.sock`, a symlink the supervisor (root) keeps in place.
-    fn link_socket(&self, service: &str) -> Result<(), String> {
-        let link = self.socket(service);
-        let target = PathBuf::from(service).join(format!("{service}.sock"));
+    /// `<runtime_dir>/<svc>.sock` (and identity's `identity.pub`), symlinks the supervisor
+    /// (root) keeps in place.
+    fn link(&self, service: &str, file: &str) -> Result<(), String> {
+        let link = self.runtime_dir.join(file);
+        let target = PathBuf::from(service).join(file);
         let err = |e: std::io::Error| {
             format!(
                 "cannot link {} to {}: {e}",
@@ -141,7 +142,10 @@ impl NodeHooks {
 impl Hooks for NodeHooks {
     async fn before_start(&mut self, spec: &UnitSpec) -> Result<(), String> {
         if CoreService::from_name(&spec.service).is_some() {
-            self.link_socket(&spec.service)?;
+            self.link(&spec.service, &format!("{}.sock", spec.service))?;
+        }
+        if spec.service == CoreService::Identity.name() {
+            self.link("identity", "identity.pub")?;
         }
         for prop in &spec.properties {
             let PropValue::Credentials(creds) = &prop.value else {

@@ -276,8 +276,15 @@ pub fn encode(spec: &UnitSpec) -> Result<TransientUnit, SpecError> {
     let mut props: Vec<(String, Value<'static>)> = Vec::with_capacity(spec.properties.len() + 8);
     props.push(("Description".into(), Value::from(spec.description.clone())));
     props.push(("Slice".into(), Value::from(spec.slice.clone())));
-    let exec_start = vec![(program.clone(), spec.exec.clone(), false)];
-    props.push(("ExecStart".into(), Value::from(exec_start)));
+    // ExecStartEx with `no-env-expand`: systemd would otherwise expand `$VAR` and `${VAR}` in
+    // the argv (a manifest's `sh -c '… ${f##*/} …'` would lose its shell syntax). The argv
+    // runs exactly as declared.
+    let exec_start = vec![(
+        program.clone(),
+        spec.exec.clone(),
+        vec!["no-env-expand".to_owned()],
+    )];
+    props.push(("ExecStartEx".into(), Value::from(exec_start)));
     props.push(("Restart".into(), Value::from("no")));
     if !spec.properties.iter().any(|p| p.name == "Type") {
         props.push(("Type".into(), Value::from("exec")));
@@ -645,7 +652,7 @@ mod tests {
         ]))
         .expect("valid spec");
         let expect = [
-            ("ExecStart", "a(sasb)"),
+            ("ExecStartEx", "a(sasas)"),
             ("Description", "s"),
             ("Slice", "s"),
             ("Type", "s"),
