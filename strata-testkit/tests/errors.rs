@@ -34,8 +34,10 @@ fn boot_timeouts_fail_and_clean_up() {
         std::env::temp_dir().join(format!("strata-testkit-timeout-{}", std::process::id()));
     std::fs::create_dir_all(&marker_dir).expect("create marker dir");
     let needle = marker_dir.to_string_lossy().into_owned();
-    // 1 ms: fails while the namespace is being created; 300 ms: while systemd is starting.
-    for timeout in [Duration::from_millis(1), Duration::from_millis(300)] {
+    // 1 ms: fails while the namespace is being created; 100 ms: while systemd is starting
+    // (systemd 252 alone needs 250+ ms to reach "running" here, so 100 ms always interrupts
+    // it; a longer timeout raced a fast boot on an idle machine).
+    for timeout in [Duration::from_millis(1), Duration::from_millis(100)] {
         let opts = BootOptions::new()
             .boot_timeout(timeout)
             .bind_ro(&marker_dir, "/run/timeout-marker");
