@@ -2,6 +2,7 @@
 pub mod audit;
 pub mod bootstrap;
 pub mod durable;
+pub mod errno;
 pub mod fs;
 pub mod identity;
 pub mod ipc;
