@@ -13,6 +13,7 @@
 
 let
   inherit (lib)
+    any
     attrNames
     concatMap
     concatStringsSep
@@ -384,11 +385,75 @@ let
   declaredNames = attrNames (cfg.settings.services or { });
   enabledCoreNames = filter (n: cfg.core.${n}.enable) coreServiceNames;
   knownNames = declaredNames ++ enabledCoreNames;
+  disabledIdentityUsers = filter (n: n != "identity") enabledCoreNames;
+  servedOwnDirs = filter (
+    root:
+    any (dir: beneath root dir || beneath dir root) [
+      cfg.stateDir
+      cfg.runtimeDir
+    ]
+  ) cfg.core.fs.roots;
 
   runtimeUnderRun = hasPrefix "/run/" cfg.runtimeDir;
   stateUnderVarLib = hasPrefix "/var/lib/" cfg.stateDir;
 
   nested = outer: inner: outer == inner || hasPrefix "${outer}/" inner;
+
+  # `path` is `base` or below it (strata-core's path_is_beneath)
+  beneath = path: base: base == "/" || nested base path;
+
+  # a manifest list, also when the escape hatch set something else (strata-ctl names that)
+  stringsIn = v: if builtins.isList v then filter builtins.isString v else [ ];
+
+  serviceSettings = name: cfg.settings.services.${name};
+
+  # (kind, argument) of each `kind:argument` capability of a service
+  capabilitiesOf =
+    name:
+    concatMap (
+      c:
+      let
+        m = builtins.match "([a-z.]+):(.*)" c;
+      in
+      optional (m != null) {
+        kind = builtins.elemAt m 0;
+        arg = builtins.elemAt m 1;
+        text = c;
+      }
+    ) (stringsIn ((serviceSettings name).capabilities or [ ]));
+
+  callTargetsOf = name: map (c: c.arg) (filter (c: c.kind == "call") (capabilitiesOf name));
+
+  depsOf =
+    name:
+    stringsIn ((serviceSettings name).after or [ ]) ++ stringsIn ((serviceSettings name).requires or [ ]);
+
+  # The first dependency cycle among the declared services (`[ a b a ]`), or `[ ]`. Services
+  # whose dependencies all lie outside a cycle are peeled off until none is left; what remains
+  # depends on a cycle, and following remaining dependencies from any of it runs into one.
+  # (a service depending on itself has an assertion of its own)
+  declaredDepsOf = name: filter (d: d != name && elem d declaredNames) (depsOf name);
+  peel =
+    remaining:
+    let
+      next = filter (n: any (d: elem d remaining) (declaredDepsOf n)) remaining;
+    in
+    if next == remaining then remaining else peel next;
+  cyclic = peel declaredNames;
+  fromFirst = x: l: if builtins.head l == x then l else fromFirst x (builtins.tail l);
+  walk =
+    path: n:
+    if elem n path then
+      fromFirst n path ++ [ n ]
+    else
+      walk (path ++ [ n ]) (builtins.head (filter (d: elem d cyclic) (declaredDepsOf n)));
+  dependencyCycle = if cyclic == [ ] then [ ] else walk [ ] (builtins.head cyclic);
+
+  # Directories a service's fs capability may not reach (strata-ctl check refuses them too).
+  protectedDirs = [
+    cfg.stateDir
+    "${cfg.runtimeDir}/credentials"
+  ];
 
   # absolute, no trailing slash, no whitespace (the paths go into unit and tmpfiles lines)
   goodDir =
@@ -406,8 +471,19 @@ let
     let
       svc = cfg.settings.services.${name};
       exec = svc.exec or [ ];
-      deps = (svc.after or [ ]) ++ (svc.requires or [ ]);
-      unknown = filter (d: !(elem d knownNames)) deps;
+      deps = depsOf name;
+      onDisabledCore = filter (d: elem d coreServiceNames && !(elem d enabledCoreNames)) deps;
+      unknown = filter (d: !(elem d knownNames) && !(elem d onDisabledCore)) deps;
+      calls = callTargetsOf name;
+      unknownCalls = filter (
+        t: t != name && t != "supervisor" && !(elem t knownNames) && !(elem t coreServiceNames)
+      ) calls;
+      callsDisabledCore = filter (t: elem t coreServiceNames && !(elem t enabledCoreNames)) calls;
+      exposed = filter (
+        c:
+        (c.kind == "fs.read" || c.kind == "fs.write")
+        && any (dir: beneath c.arg dir || (c.kind == "fs.write" && beneath dir c.arg)) protectedDirs
+      ) (capabilitiesOf name);
       opt = "services.strata.services.${name}";
     in
     [
@@ -440,8 +516,42 @@ let
           }.'';
       }
       {
+        assertion = onDisabledCore == [ ];
+        message = "${opt}: depends on the core service ${concatStringsSep ", " onDisabledCore}, which is disabled (services.strata.core.<name>.enable = false).";
+      }
+      {
         assertion = !(elem name deps);
         message = "${opt}: a service cannot depend on itself (after/requires contains `${name}`).";
+      }
+      {
+        assertion = unknownCalls == [ ];
+        message = ''
+          ${opt}.capabilities: ${
+            concatStringsSep ", " (map (t: "call:${t}") unknownCalls)
+          } names no service: call targets are the services declared in services.strata.services (${
+            if declaredNames == [ ] then "none" else concatStringsSep ", " declaredNames
+          }), the enabled core services (${concatStringsSep ", " enabledCoreNames}) and `supervisor`.'';
+      }
+      {
+        assertion = callsDisabledCore == [ ];
+        message = "${opt}.capabilities: ${
+          concatStringsSep ", " (map (t: "call:${t}") callsDisabledCore)
+        } calls a core service that is disabled (services.strata.core.<name>.enable = false).";
+      }
+      {
+        assertion = !(elem name calls);
+        message = "${opt}.capabilities: a service cannot call itself (call:${name}).";
+      }
+      {
+        assertion = calls == [ ] || cfg.core.identity.enable;
+        message = "${opt}.capabilities: call: capabilities need the identity service, which issues the tokens, but services.strata.core.identity.enable is false.";
+      }
+      {
+        assertion = exposed == [ ];
+        message = ''
+          ${opt}.capabilities: ${
+            concatStringsSep ", " (map (c: "`${c.text}`") exposed)
+          } would give the service access to Strata's own secrets and state (${concatStringsSep " and " protectedDirs}).'';
       }
     ]
   ) declaredNames;
@@ -491,9 +601,11 @@ in
       default = "/run/strata";
       description = ''
         Directory of the services' sockets (`<runtimeDir>/<service>.sock`) and of the
-        published public key of the identity service. Under {file}`/run` it is the
-        supervisor's `RuntimeDirectory=` (kept across supervisor restarts, so running services
-        keep their sockets); elsewhere it is created by systemd-tmpfiles.
+        published public key of the identity service: the supervisor's `RuntimeDirectory=`
+        (kept across supervisor restarts, so running services keep their sockets). It must
+        lie beneath {file}`/run` while a core service is enabled (they run as dynamic users
+        whose directories systemd creates only there); with every core service disabled it
+        may lie elsewhere and is then created by systemd-tmpfiles.
       '';
     };
 
@@ -502,8 +614,9 @@ in
       default = "/var/lib/strata";
       description = ''
         Directory of the durable state: the identity root key, revocations, quarantine marks
-        and the audit log. Under {file}`/var/lib` it is the supervisor's `StateDirectory=`;
-        elsewhere it is created by systemd-tmpfiles.
+        and the audit log: the supervisor's `StateDirectory=`. It must lie beneath
+        {file}`/var/lib` while a core service is enabled; with every core service disabled
+        it may lie elsewhere and is then created by systemd-tmpfiles.
       '';
     };
 
@@ -684,6 +797,28 @@ in
       {
         assertion = builtins.match "[a-z_][a-z0-9_-]*" cfg.adminGroup != null;
         message = ''services.strata.adminGroup: "${cfg.adminGroup}" is not a valid group name.'';
+      }
+      # The core services are DynamicUser units: systemd creates their directories
+      # (RuntimeDirectory=, StateDirectory=) only beneath /run and /var/lib.
+      {
+        assertion = enabledCoreNames == [ ] || runtimeUnderRun;
+        message = ''services.strata.runtimeDir: "${cfg.runtimeDir}" must be a directory beneath /run (such as /run/strata) while a core service is enabled (${concatStringsSep ", " enabledCoreNames}): they run as dynamic users whose runtime directories systemd creates there.'';
+      }
+      {
+        assertion = enabledCoreNames == [ ] || stateUnderVarLib;
+        message = ''services.strata.stateDir: "${cfg.stateDir}" must be a directory beneath /var/lib (such as /var/lib/strata) while a core service is enabled (${concatStringsSep ", " enabledCoreNames}): they run as dynamic users whose state directories systemd creates there.'';
+      }
+      {
+        assertion = cfg.core.identity.enable || disabledIdentityUsers == [ ];
+        message = "services.strata.core.identity.enable is false, but the core services ${concatStringsSep ", " disabledIdentityUsers} are enabled and verify tokens with identity's key: disable them too (services.strata.core.<name>.enable = false) or enable identity.";
+      }
+      {
+        assertion = !cfg.core.fs.enable || servedOwnDirs == [ ];
+        message = "services.strata.core.fs.roots: ${concatStringsSep ", " servedOwnDirs} would let the fs service serve Strata's own directories (stateDir ${cfg.stateDir}, runtimeDir ${cfg.runtimeDir}).";
+      }
+      {
+        assertion = dependencyCycle == [ ];
+        message = "services.strata.services: dependency cycle ${concatStringsSep " -> " dependencyCycle} (after/requires): no service of it could ever start.";
       }
     ]
     ++ serviceAssertions;

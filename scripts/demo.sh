@@ -19,10 +19,24 @@ die() { echo "demo: $*" >&2; exit 1; }
 
 mode=namespace
 if [ "${1-}" = --stop ]; then
+    # The supervisor first (SIGTERM to its session: nsenter and the supervisor it runs): a
+    # supervisor left to die with the namespace would stay a zombie of nsenter, and the
+    # namespace's PID 1 waits for every one of its processes to be reaped.
+    if [ -f "$STATE/supervisor.pgid" ]; then
+        pgid=$(cat "$STATE/supervisor.pgid")
+        kill -TERM -- "-$pgid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pgid" 2>/dev/null || true
+        rm -f "$STATE/supervisor.pgid"
+    fi
     if [ -f "$STATE/testns.pid" ]; then
         pid=$(cat "$STATE/testns.pid")
-        "$ROOT/target/debug/strata-testns" stop "$pid" && rm -f "$STATE/testns.pid"
-        echo "demo: stopped the private systemd $pid (and every unit in it)"
+        if "$ROOT/target/debug/strata-testns" stop "$pid"; then
+            echo "demo: stopped the private systemd $pid (and every unit in it)"
+        else
+            echo "demo: the private systemd $pid did not stop cleanly (see above)" >&2
+        fi
+        rm -f "$STATE/testns.pid"
     fi
     if [ -f "$STATE/host-supervisor.pid" ]; then
         kill "$(cat "$STATE/host-supervisor.pid")" 2>/dev/null || true
@@ -79,6 +93,7 @@ else
     # The supervisor runs inside the namespace, like a unit of that systemd would.
     setsid "${inside[@]}" /run/strata-test/bin/strata-supervisor --config /run/strata-demo/strata.toml \
         </dev/null >"$STATE/supervisor.log" 2>&1 &
+    echo $! >"$STATE/supervisor.pgid" # setsid made it a session (and process group) leader
     ctl=("${inside[@]}" /run/strata-test/bin/strata-ctl)
     sysctl_hint="nsenter -t $pid -m -p systemctl status 'strata-*'"
     journal_hint="journalctl -D /proc/$pid/root/run/log/journal -u strata-web.service"

@@ -23,7 +23,9 @@ fi
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "==> installing cargo-fuzz (cargo install cargo-fuzz --locked)"
+    installing=$(date +%s)
     cargo install cargo-fuzz --locked --version 0.13.2
+    echo "==> installed cargo-fuzz in $(($(date +%s) - installing)) s"
 fi
 
 target_args=()
@@ -70,8 +72,11 @@ for t in "${targets[@]}"; do
             | sed "s/^/    $t /" || true
     else
         failed+=("$t")
-        echo "fuzz.sh: $t FAILED; the last lines of its log:" >&2
-        tail -n 60 "$scratch/$t.log" >&2
+        echo "fuzz.sh: $t FAILED; what failed, then the last lines of its log:" >&2
+        # the panic message comes before the sanitizer's long stack trace
+        grep -E -A4 "panicked at|^SUMMARY:|^==[0-9]+==ERROR" "$scratch/$t.log" | head -n 40 >&2 || true
+        echo "..." >&2
+        tail -n 40 "$scratch/$t.log" >&2
         echo "fuzz.sh: reproduce with: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $t artifacts/$t/<file>" >&2
     fi
 done

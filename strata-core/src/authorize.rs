@@ -287,6 +287,14 @@ impl TokenCache {
         }
     }
 
+    /// Forgets `key` (a rare path: linear in the capacity).
+    fn remove(&self, key: &[u8; 32]) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.map.remove(key).is_some() {
+            inner.order.retain(|k| k != key);
+        }
+    }
+
     /// Number of cached tokens.
     pub fn len(&self) -> usize {
         self.inner
@@ -427,8 +435,11 @@ pub enum DenyReason {
     InvalidPath,
     /// A check of the token (from an attenuation block) failed.
     CheckFailed,
-    /// Evaluating the token exceeded the run limits.
+    /// Evaluating the token exceeded the run limits on facts or iterations (the token is too
+    /// complex: retrying does not help).
     RunLimit,
+    /// Evaluating the token ran out of its time budget (a busy machine: retrying may help).
+    EvaluationTimeout,
     /// Over the token's rate limit.
     RateLimited,
     /// The verifier itself failed.
@@ -453,6 +464,7 @@ impl DenyReason {
             DenyReason::InvalidPath => "invalid_path",
             DenyReason::CheckFailed => "check_failed",
             DenyReason::RunLimit => "run_limit",
+            DenyReason::EvaluationTimeout => "evaluation_timeout",
             DenyReason::RateLimited => "rate_limited",
             DenyReason::Internal => "internal",
         }
@@ -475,7 +487,7 @@ impl DenyReason {
             | DenyReason::RunLimit => Code::PermissionDenied,
             DenyReason::InvalidPath => Code::InvalidArgument,
             DenyReason::RateLimited => Code::ResourceExhausted,
-            DenyReason::RevocationsUnavailable => Code::Unavailable,
+            DenyReason::RevocationsUnavailable | DenyReason::EvaluationTimeout => Code::Unavailable,
             DenyReason::Internal => Code::Internal,
         }
     }
@@ -721,6 +733,13 @@ fn run_datalog(
     })?;
     match a.authorize() {
         Ok(_) => Ok(()),
+        Err(biscuit_auth::error::Token::RunLimit(biscuit_auth::error::RunLimit::Timeout)) => Err((
+            DenyReason::EvaluationTimeout,
+            format!(
+                "evaluating the token took longer than its {} ms budget (machine busy?); retry",
+                ctx.limits.max_time.as_millis()
+            ),
+        )),
         Err(biscuit_auth::error::Token::RunLimit(e)) => Err((
             DenyReason::RunLimit,
             format!("evaluating the token exceeded the run limits: {e}"),
@@ -866,7 +885,12 @@ pub fn authorize(
         if let Err((reason, message)) =
             run_datalog(ctx, &cached.token, req, path.as_ref(), now_secs)
         {
-            if !info.opaque {
+            if reason == DenyReason::EvaluationTimeout {
+                // Nothing was learned about the token: the next request sees it anew.
+                if let Some(cache) = ctx.cache {
+                    cache.remove(&key);
+                }
+            } else if !info.opaque {
                 // The compiled view allowed what the engine denies: never trust it again.
                 if let Some(cache) = ctx.cache {
                     let mut token = cached.token.clone();

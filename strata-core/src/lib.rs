@@ -15,5 +15,6 @@ pub mod observed;
 pub mod protocol;
 pub mod quantity;
 pub mod reconcile;
+pub mod report;
 pub mod token;
 pub mod unit;

@@ -100,15 +100,26 @@ impl<T> Default for Family<T> {
 }
 
 impl<T> Family<T> {
-    /// The series for `label`, created with `make` if there is room, else the overflow series.
-    fn series(&mut self, label: &str, make: impl FnOnce() -> T) -> &mut T {
-        let room = self.series.len() < MAX_SERIES_PER_FAMILY;
-        let key = if room || label == OVERFLOW_LABEL || self.series.contains_key(label) {
+    /// Applies `update` to the series for `label`, created with `make` if there is room, else
+    /// to the overflow series. An existing series is found without allocating: this runs once
+    /// per request on a service's hot path.
+    fn update(&mut self, label: &str, make: impl FnOnce() -> T, update: impl FnOnce(&mut T)) {
+        if let Some(v) = self.series.get_mut(label) {
+            update(v);
+            return;
+        }
+        let key = if self.series.len() < MAX_SERIES_PER_FAMILY || label == OVERFLOW_LABEL {
             label
         } else {
             OVERFLOW_LABEL
         };
-        self.series.entry(key.to_owned()).or_insert_with(make)
+        if let Some(v) = self.series.get_mut(key) {
+            update(v);
+            return;
+        }
+        let mut v = make();
+        update(&mut v);
+        self.series.insert(key.to_owned(), v);
     }
 }
 
@@ -179,9 +190,18 @@ impl Metrics {
 
     /// `service_restarts_total{service}` += 1: the supervisor restarted `service`.
     pub fn record_restart(&self, service: &str) {
-        let mut inner = self.lock();
-        let n = inner.restarts.series(service, || 0);
-        *n = n.saturating_add(1);
+        self.lock()
+            .restarts
+            .update(service, || 0, |n| *n = n.saturating_add(1));
+    }
+
+    /// Mirrors a restart count kept elsewhere (the reconciler's): `service_restarts_total
+    /// {service}` becomes `total` unless it is already higher, as a counter must only move up.
+    /// The series exists from then on, also at 0, so that a scraper sees every service.
+    pub fn set_restarts_total(&self, service: &str, total: u64) {
+        self.lock()
+            .restarts
+            .update(service, || 0, |n| *n = (*n).max(total));
     }
 
     /// One `request_latency_seconds{method}` observation.
@@ -194,20 +214,24 @@ impl Metrics {
             .position(|&b| secs <= b)
             .unwrap_or(self.buckets.len());
         let buckets = self.buckets.len();
-        let mut inner = self.lock();
-        let h = inner.latency.series(method, || Histogram::new(buckets));
-        if let Some(c) = h.counts.get_mut(slot) {
-            *c = c.saturating_add(1);
-        }
-        h.count = h.count.saturating_add(1);
-        h.sum_nanos = h.sum_nanos.saturating_add(elapsed.as_nanos());
+        self.lock().latency.update(
+            method,
+            || Histogram::new(buckets),
+            |h| {
+                if let Some(c) = h.counts.get_mut(slot) {
+                    *c = c.saturating_add(1);
+                }
+                h.count = h.count.saturating_add(1);
+                h.sum_nanos = h.sum_nanos.saturating_add(elapsed.as_nanos());
+            },
+        );
     }
 
     /// `rejected_total{reason}` += 1 (use the stable reason names, e.g. `DenyReason::as_str`).
     pub fn record_rejected(&self, reason: &str) {
-        let mut inner = self.lock();
-        let n = inner.rejected.series(reason, || 0);
-        *n = n.saturating_add(1);
+        self.lock()
+            .rejected
+            .update(reason, || 0, |n| *n = n.saturating_add(1));
     }
 
     /// `bus_lagged_total` += `dropped`.
@@ -654,12 +678,13 @@ pub enum MergeError {
 }
 
 /// The label [`merge`] adds to every sample: which process the sample came from.
-pub const SOURCE_LABEL: &str = "source";
+pub const SOURCE_LABEL: &str = "strata_service";
 
 /// Merges the expositions of several processes (`(source, text)`, e.g. `("supervisor", …)`,
 /// `("fs", …)`) into one valid exposition: each family's `# HELP`/`# TYPE` once, then its
-/// samples from every source with a `source="<name>"` label added first. Families keep the
-/// order in which they first appear. This is what `strata-ctl metrics` prints.
+/// samples from every source with a `strata_service="<name>"` label ([`SOURCE_LABEL`]) added
+/// first. Families keep the order in which they first appear. This is what `strata-ctl
+/// metrics` prints.
 pub fn merge(parts: &[(&str, &str)]) -> Result<String, MergeError> {
     #[derive(Default)]
     struct Merged {
@@ -907,6 +932,24 @@ bus_lagged_total 3
     }
 
     #[test]
+    fn restart_mirror_shows_zero_and_only_moves_up() {
+        let m = Metrics::new();
+        m.set_restarts_total("idle", 0);
+        m.set_restarts_total("web", 3);
+        m.set_restarts_total("web", 1);
+        m.record_restart("web");
+        let exp = parse_exposition(&m.render()).expect("parses");
+        assert_eq!(
+            exp.value(SERVICE_RESTARTS_TOTAL, &[("service", "idle")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            exp.value(SERVICE_RESTARTS_TOTAL, &[("service", "web")]),
+            Some(4.0)
+        );
+    }
+
+    #[test]
     fn bad_buckets_are_refused() {
         assert_eq!(
             Metrics::with_latency_buckets(&[]).err(),
@@ -1003,26 +1046,32 @@ bus_lagged_total 3
         assert_eq!(
             exp.value(
                 SERVICE_RESTARTS_TOTAL,
-                &[("source", "supervisor"), ("service", "web")]
+                &[(SOURCE_LABEL, "supervisor"), ("service", "web")]
             ),
             Some(1.0)
         );
         assert_eq!(
             exp.value(
                 "request_latency_seconds_count",
-                &[("source", "identity"), ("method", "identity.issue")]
+                &[(SOURCE_LABEL, "identity"), ("method", "identity.issue")]
             ),
             Some(1.0)
         );
         assert_eq!(
-            exp.value(REJECTED_TOTAL, &[("source", "fs"), ("reason", "expired")]),
+            exp.value(
+                REJECTED_TOTAL,
+                &[(SOURCE_LABEL, "fs"), ("reason", "expired")]
+            ),
             Some(1.0)
         );
         assert_eq!(
-            exp.value(BUS_LAGGED_TOTAL, &[("source", "supervisor")]),
+            exp.value(BUS_LAGGED_TOTAL, &[(SOURCE_LABEL, "supervisor")]),
             Some(2.0)
         );
-        assert_eq!(exp.value(BUS_LAGGED_TOTAL, &[("source", "fs")]), Some(0.0));
+        assert_eq!(
+            exp.value(BUS_LAGGED_TOTAL, &[(SOURCE_LABEL, "fs")]),
+            Some(0.0)
+        );
         // All histogram lines of one family stay together, after its single TYPE line.
         let type_line = text
             .lines()
@@ -1050,7 +1099,7 @@ bus_lagged_total 3
             Err(MergeError::TypeConflict { .. })
         ));
         assert!(matches!(
-            merge(&[("a", "x{source=\"y\"} 1\n")]),
+            merge(&[("a", "x{strata_service=\"y\"} 1\n")]),
             Err(MergeError::LabelClash { .. })
         ));
         assert!(matches!(

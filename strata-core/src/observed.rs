@@ -56,4 +56,9 @@ pub struct UnitObservation {
     pub main_pid: u32,
     /// The spec hash recorded on the unit when it was started, if any.
     pub spec_hash: Option<String>,
+    /// Which run of the unit this is: a monotonic stamp of when its last main process
+    /// started (0 before the first), as the driver reads it. Two ends of different runs differ
+    /// in it even when everything else matches (a unit killed again right after a restart).
+    #[serde(default)]
+    pub run: u64,
 }

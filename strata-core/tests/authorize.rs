@@ -620,7 +620,30 @@ fn opaque_checks_are_evaluated_by_the_engine_on_every_call() {
     let d = f
         .check(&rules, "fs", "read", None, T0 + 1)
         .expect_err("run limit");
-    assert_eq!(d.reason, DenyReason::RunLimit, "{}", d.message);
+    assert_eq!(
+        (d.reason, d.code),
+        (DenyReason::RunLimit, Code::PermissionDenied),
+        "{}",
+        d.message
+    );
+    // A time budget that cannot be met is a busy machine, not a bad token: UNAVAILABLE, and
+    // nothing about the token is remembered (with a normal budget it is allowed next).
+    f.limits = RunLimits {
+        max_time: Duration::ZERO,
+        ..RunLimits::default()
+    };
+    let d = f
+        .check(&rules, "fs", "read", None, T0 + 1)
+        .expect_err("time budget");
+    assert_eq!(
+        (d.reason, d.code),
+        (DenyReason::EvaluationTimeout, Code::Unavailable),
+        "{}",
+        d.message
+    );
+    assert!(d.message.contains("retry"), "{}", d.message);
+    f.limits = RunLimits::default();
+    f.allowed(&rules, "fs", "read", None);
 }
 
 #[test]

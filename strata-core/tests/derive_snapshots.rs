@@ -317,7 +317,7 @@ fn core_fs_unit_serves_its_roots() {
         strata-fs.service (service fs, slice strata.slice)
           Description=Strata core service fs (capabilities: fs.read:/run/strata, fs.read:/srv/data, fs.read:/srv/www, fs.write:/run/strata/fs, call:audit)
           ExecStart=/usr/lib/strata/strata-launch --service fs --ruleset-json "{\"read\":[\"/run/strata\",\"/srv/data\",\"/srv/www\"],\"write\":[\"/run/strata/fs\",\"/tmp\",\"/var/tmp\"],\"bind_tcp\":[],\"connect_tcp\":[],\"allow_degraded\":false}" -- /usr/lib/strata/strata-fs --node-id node-1 --runtime-dir /run/strata --root /srv/www --root /srv/data
-          Type=exec
+          Type=notify
           Restart=no
           DynamicUser=yes
           ProtectSystem=strict
@@ -355,7 +355,7 @@ fn core_fs_unit_serves_its_roots() {
             bind tcp:      (none)
             connect tcp:   (none)
             if the kernel cannot enforce all of it: refuse to start
-          spec hash: e829d5144ad413f69ad8fd1349db2a5331c6496b5c23633b3660885dfdc572b4
+          spec hash: 64c8e7ee48d3ca0634b713b0a5654f4b9c531f938175a984ba527361894817bb
     "#]].assert_eq(&render_unit(
         &derive_unit(&m, "fs", &launch()).expect("fs derives"),
     ));

@@ -49,6 +49,9 @@ enum Command {
     Audit(cmd::audit::AuditArgs),
     /// Capability tokens: issue, attenuate (offline), inspect, revoke.
     Token(cmd::token::TokenArgs),
+    /// Print metrics in Prometheus text: the supervisor's and every core service's, each
+    /// sample labelled `strata_service="<name>"` (or one process's with --service).
+    Metrics(cmd::metrics::MetricsArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,11 +71,15 @@ fn main() -> ExitCode {
         Command::Call(args) => cmd::call::run(&args),
         Command::Audit(args) => cmd::audit::run(&args),
         Command::Token(args) => cmd::token::run(&args),
+        Command::Metrics(args) => cmd::metrics::run(&args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("strata-ctl: {err:#}");
+            eprintln!(
+                "strata-ctl: {}",
+                strata_core::report::error_chain(err.as_ref())
+            );
             ExitCode::from(2)
         }
     }

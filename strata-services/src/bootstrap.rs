@@ -105,6 +105,18 @@ fn listen_path_with(
     }
 }
 
+/// Tells systemd the service is ready (`READY=1`, for the `Type=notify` units the supervisor
+/// gives core services): called once the socket listens, so that "running" means reachable.
+/// Outside systemd (no `NOTIFY_SOCKET`) this does nothing.
+pub fn notify_ready(status: &str) {
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ]) {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
+}
+
 /// Reads the token systemd delivered for this service's `call:<target>` capability
 /// (`$CREDENTIALS_DIRECTORY/strata-token-<target>`); `None` when there is none.
 pub fn call_token(target: &str) -> Result<Option<String>, BootstrapError> {

@@ -1,5 +1,18 @@
-//! Errno names for the sandbox test payloads (strata-probe, strata-escape), whose output the
-//! tests match exactly.
+//! What the sandbox test payloads (strata-probe, strata-escape) share: errno names, whose
+//! output the tests match exactly, and the read attempt both make.
+
+use std::io::Read;
+use std::path::Path;
+
+/// Reads `path` whole (a directory: lists it), the operation a read grant allows or refuses.
+pub fn read_path(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        std::fs::read_dir(path)?.try_for_each(|entry| entry.map(drop))
+    } else {
+        let mut buf = Vec::new();
+        std::fs::File::open(path)?.read_to_end(&mut buf).map(drop)
+    }
+}
 
 /// The symbolic name of an errno (`EACCES`), or the number for ones a sandbox does not
 /// plausibly produce. Shared by the test payloads strata-probe and strata-escape.

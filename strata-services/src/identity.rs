@@ -21,9 +21,10 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use strata_core::authorize::{
-    AuthzContext, AuthzRequest, Denial, RateLimiter, RevocationSet, RevocationView, TokenCache,
-    authorize,
+    AuthzContext, AuthzRequest, Denial, DenyReason, RateLimiter, RevocationSet, RevocationView,
+    TokenCache, authorize,
 };
+use strata_core::metrics::Metrics;
 use strata_core::protocol::{Request, RpcError};
 use strata_core::token::{
     self, Algorithm, KeyPair, PrivateKey, PublicKey, RunLimits, TokenError, TokenSpec, unhex,
@@ -215,6 +216,30 @@ pub enum Admission {
     },
 }
 
+/// Whether `peer` is an administrator by its credentials alone: uid 0, or a member of `group`
+/// (primary or supplementary, from the user database). `None`: it is not (a failed group lookup
+/// is logged and counts as not a member). The one rule for every admin-only method
+/// (`identity.issue` and `identity.revoke` without a token, `<service>.metrics`).
+pub async fn admin_by_credentials(peer: &Peer, group: &str) -> Result<Option<Admission>, RpcError> {
+    if peer.uid == 0 {
+        return Ok(Some(Admission::Root));
+    }
+    let uid = peer.uid;
+    let owned = group.to_owned();
+    let member = tokio::task::spawn_blocking(move || unix_groups::is_member(uid, &owned))
+        .await
+        .map_err(|e| RpcError::internal(format!("group lookup task failed: {e}")))?;
+    match member {
+        Ok(true) => Ok(Some(Admission::AdminGroup { uid })),
+        Ok(false) => Ok(None),
+        Err(e) => {
+            tracing::warn!(uid, error = %e, group,
+                "cannot resolve group membership; treating the caller as a non-member");
+            Ok(None)
+        }
+    }
+}
+
 impl Admission {
     fn describe(&self) -> String {
         match self {
@@ -278,6 +303,8 @@ pub struct Identity {
     limiter: RateLimiter,
     cache: TokenCache,
     limits: RunLimits,
+    /// Denials of issue and revoke (`rejected_total{reason}`), served on `identity.metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -341,7 +368,18 @@ impl Identity {
             limiter: RateLimiter::default(),
             cache: TokenCache::default(),
             limits: RunLimits::default(),
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// The registry identity's denials are counted in; serve it with the server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The group whose members may issue and revoke (and read `identity.metrics`).
+    pub fn admin_group(&self) -> &str {
+        &self.config.admin_group
     }
 
     /// The public key every verifier uses.
@@ -370,20 +408,10 @@ impl Identity {
         token: Option<&str>,
         action: &str,
     ) -> Result<Admission, RpcError> {
-        if peer.uid == 0 {
-            return Ok(Admission::Root);
+        if let Some(admitted) = admin_by_credentials(peer, &self.config.admin_group).await? {
+            return Ok(admitted);
         }
         let uid = peer.uid;
-        let group = self.config.admin_group.clone();
-        let member = tokio::task::spawn_blocking(move || unix_groups::is_member(uid, &group))
-            .await
-            .map_err(|e| RpcError::internal(format!("group lookup task failed: {e}")))?;
-        match member {
-            Ok(true) => return Ok(Admission::AdminGroup { uid }),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(uid, error = %e, group = self.config.admin_group.as_str(),
-                "cannot resolve group membership; treating the caller as a non-member"),
-        }
         let req = AuthzRequest {
             service: "identity",
             action,
@@ -419,6 +447,12 @@ impl Identity {
         if let Some(d) = &denial {
             e = e.with_detail("reason", d.reason.as_str());
         }
+        self.metrics.record_rejected(
+            denial
+                .as_ref()
+                .map_or(DenyReason::MissingToken, |d| d.reason)
+                .as_str(),
+        );
         tracing::warn!(STRATA_EVENT = "authz.denied",
             STRATA_CAP_ID = denial.as_ref().and_then(|d| d.cap_id.as_deref()).unwrap_or("-"),
             STRATA_SERVICE = "identity", action, uid, pid = ?peer.pid, "{}", e.message);

@@ -40,7 +40,8 @@
 //!   ([`exit_code::DECLARED_PATH`]): an unopened path would otherwise be silently left out.
 //! - What exec needs, granted `R` when present: `/usr`, `/lib`, `/lib64`, `/bin`, `/sbin`,
 //!   `/nix/store`, the program's own directory when it lies outside those, and read-only
-//!   `/etc/ld.so.cache`, `/etc/ld.so.conf`, `/etc/ld.so.conf.d`, `/etc/ld.so.preload`.
+//!   `/etc/ld.so.cache`, `/etc/ld.so.conf`, `/etc/ld.so.conf.d`, `/etc/ld.so.preload`, and the
+//!   user database NSS reads: `/etc/nsswitch.conf`, `/etc/passwd`, `/etc/group`.
 //! - Devices: `/dev/null` read+write+truncate; `/dev/zero`, `/dev/random`, `/dev/urandom` read.
 //! - The process's own `/proc/<pid>` (what `/proc/self` is now and stays after exec): read
 //!   (runtimes read their maps, status and fd table there); nothing of other processes.
@@ -277,12 +278,17 @@ fn write_rights() -> BitFlags<AccessFs> {
 
 /// Roots that hold programs, their ELF loader and libraries (absent ones are skipped).
 const EXEC_ROOTS: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin", "/nix/store"];
-/// Loader configuration files, read-only.
+/// Loader configuration and the world-readable user database, read-only: NSS lookups
+/// (getpwuid, group membership — the `strata-admin` check of identity and the metrics method)
+/// read these; none holds a secret (/etc/shadow is not among them).
 const LOADER_FILES: &[&str] = &[
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
     "/etc/ld.so.preload",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
 ];
 
 /// Opens `path` with O_PATH (no read permission needed; the fd only names the inode) and

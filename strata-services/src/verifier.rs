@@ -1,6 +1,7 @@
 //! What every protected handler uses to decide: the identity public key, the shared
 //! revocation set, rate limiters and the verified-token cache around the one
-//! `strata_core::authorize::authorize`, with each decision logged as an audit event.
+//! `strata_core::authorize::authorize`, with each decision logged as an audit event and each
+//! denial counted in `rejected_total{reason}`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
@@ -10,6 +11,7 @@ use strata_core::authorize::{
     AuthzContext, AuthzEvent, AuthzRequest, Decision, Denial, Grant, RateLimiter, TokenCache,
     authorize,
 };
+use strata_core::metrics::Metrics;
 use strata_core::protocol::RpcError;
 use strata_core::token::{PublicKey, RunLimits};
 
@@ -99,6 +101,7 @@ pub struct Verifier {
     limits: RunLimits,
     sink: Option<AuditSink>,
     log_allowed: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -128,7 +131,21 @@ impl Verifier {
             limits: RunLimits::default(),
             sink: None,
             log_allowed: true,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts denials in `metrics` (by default the verifier has a registry of its own).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The registry every denial is counted in (`rejected_total{reason}`, the reason's stable
+    /// name): the service serves it on `<service>.metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Sends every decision to `sink` as well.
@@ -199,6 +216,7 @@ impl Verifier {
                 Ok(grant)
             }
             Err(denial) => {
+                self.metrics.record_rejected(denial.reason.as_str());
                 self.record(&denial.audit_event());
                 Err(denial.to_rpc_error())
             }

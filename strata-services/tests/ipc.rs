@@ -63,6 +63,7 @@ fn quick_config() -> ServerConfig {
         read_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_millis(500),
         write_timeout: Duration::from_secs(2),
+        metrics: None,
     }
 }
 

@@ -35,6 +35,19 @@ struct Args {
     /// Seconds of the at-rest measurement (default 30, quick 5).
     #[arg(long)]
     rest_seconds: Option<u64>,
+    /// Run only these phases (repeatable; default: all).
+    #[arg(long, value_enum)]
+    only: Vec<Phase>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    /// Cold start of N services.
+    Cold,
+    /// Crash -> new MainPID.
+    Crash,
+    /// The supervisor at rest with 100 services.
+    Rest,
 }
 
 const MANIFEST: &str = "/run/strata-bench/strata.toml";
@@ -108,6 +121,20 @@ impl Bench {
                     && o.main_pid != old
                 {
                     return Ok(o.main_pid);
+                }
+            }
+        }
+    }
+
+    async fn until_failed(&mut self, unit: &str) -> Result<()> {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
+                .await
+                .with_context(|| format!("{unit} did not fail within 30 s"))?
+                .context("driver events ended")?;
+            if let DriverEvent::Changed(o) = ev {
+                if o.unit == unit && matches!(o.phase, UnitPhase::Failed(_)) {
+                    return Ok(());
                 }
             }
         }
@@ -259,204 +286,235 @@ async fn main() -> Result<()> {
             .trim()
     );
 
-    // 1. Cold start.
-    println!("\n## cold start (hardened units via strata-launch, Type=exec)");
-    println!(
-        "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}  {:>6}",
-        "N", "raw total", "raw /unit", "strata total", "strata /unit", "ratio"
-    );
-    for &n in sizes {
-        let manifest = Manifest::parse("bench.toml", &manifest_text(n, "s", ""))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let launch = LaunchConfig::for_manifest(&manifest);
-        let specs: Vec<_> = manifest
-            .all_services()
-            .keys()
-            .map(|name| derive_unit(&manifest, name, &launch))
-            .collect::<Result<_, _>>()?;
-        let units: BTreeSet<String> = specs.iter().map(|s| s.unit.clone()).collect();
-
-        let t0 = Instant::now();
-        for spec in &specs {
-            b.driver.start(spec).await?;
-        }
-        let raw = b.until_active(&units, t0).await?;
-        b.stop_all()?;
-
-        b.write_manifest(&manifest_text(n, "s", ""))?;
-        let t0 = Instant::now();
-        let sup = b.spawn_supervisor()?;
-        let strata = b.until_active(&units, t0).await?;
-        stop_supervisor(sup)?;
-        b.stop_all()?;
-        let per = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
+    let wants = |p: Phase| args.only.is_empty() || args.only.contains(&p);
+    if wants(Phase::Cold) {
+        // 1. Cold start.
+        println!("\n## cold start (hardened units via strata-launch, Type=exec)");
         println!(
-            "{n:>5}  {:>10.1}ms  {:>10.2}ms  {:>10.1}ms  {:>10.2}ms  {:>6.2}",
-            raw.as_secs_f64() * 1e3,
-            per(raw),
-            strata.as_secs_f64() * 1e3,
-            per(strata),
-            strata.as_secs_f64() / raw.as_secs_f64()
+            "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}  {:>6}",
+            "N", "raw total", "raw /unit", "strata total", "strata /unit", "ratio"
         );
-    }
+        for &n in sizes {
+            let manifest = Manifest::parse("bench.toml", &manifest_text(n, "s", ""))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let launch = LaunchConfig::for_manifest(&manifest);
+            let specs: Vec<_> = manifest
+                .all_services()
+                .keys()
+                .map(|name| derive_unit(&manifest, name, &launch))
+                .collect::<Result<_, _>>()?;
+            let units: BTreeSet<String> = specs.iter().map(|s| s.unit.clone()).collect();
 
-    // 2. Crash → new MainPID.
-    println!("\n## crash -> new MainPID ({crashes} SIGKILLs each)");
-    let manifest_text1 = manifest_text(
-        1,
-        "crash",
-        "restart = { initial = \"0s\", max = \"0s\", quarantine = { crashes = 1000 } }",
-    );
-    let manifest =
-        Manifest::parse("bench.toml", &manifest_text1).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let spec = derive_unit(&manifest, "crash0", &LaunchConfig::for_manifest(&manifest))?;
-    // systemd's own restart, same properties, through systemd-run.
-    let mut run = b.sd.command("systemd-run");
-    run.args([
-        "--unit=strata-sysrestart.service",
-        "--slice=strata.slice",
-        "-p",
-        "Restart=always",
-        "-p",
-        "RestartSec=0",
-        "-p",
-        "StartLimitIntervalSec=0",
-    ]);
-    for prop in spec.properties.iter().filter(|p| p.name != "Restart") {
-        for line in render_property(prop) {
-            run.arg("-p").arg(line);
+            let t0 = Instant::now();
+            for spec in &specs {
+                b.driver.start(spec).await?;
+            }
+            let raw = b.until_active(&units, t0).await?;
+            b.stop_all()?;
+
+            b.write_manifest(&manifest_text(n, "s", ""))?;
+            let t0 = Instant::now();
+            let sup = b.spawn_supervisor()?;
+            let strata = b.until_active(&units, t0).await?;
+            stop_supervisor(sup)?;
+            b.stop_all()?;
+            let per = |d: Duration| d.as_secs_f64() * 1e3 / n as f64;
+            println!(
+                "{n:>5}  {:>10.1}ms  {:>10.2}ms  {:>10.1}ms  {:>10.2}ms  {:>6.2}",
+                raw.as_secs_f64() * 1e3,
+                per(raw),
+                strata.as_secs_f64() * 1e3,
+                per(strata),
+                strata.as_secs_f64() / raw.as_secs_f64()
+            );
         }
     }
-    run.arg("--").args(&spec.exec);
-    let out = run.output()?;
-    if !out.status.success() {
-        bail!(
-            "systemd-run failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+    if wants(Phase::Crash) {
+        // 2. Crash → new MainPID.
+        println!("\n## crash -> new MainPID ({crashes} SIGKILLs each)");
+        let manifest_text1 = manifest_text(
+            1,
+            "crash",
+            "restart = { initial = \"0s\", max = \"0s\", quarantine = { crashes = 1000 } }",
         );
-    }
-    let mut systemd_ms = Vec::new();
-    let unit = "strata-sysrestart.service".to_owned();
-    b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
-        .await?;
-    // systemd's own restarts are watched with bare zbus: MainPID changes on the unit's object.
-    let conn = zbus::connection::Builder::address(b.sd.bus_address().as_str())?
-        .build()
-        .await?;
-    let rule = zbus::MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .path("/org/freedesktop/systemd1/unit/strata_2dsysrestart_2eservice")?
-        .interface("org.freedesktop.DBus.Properties")?
-        .member("PropertiesChanged")?
-        .build();
-    let mut changes = zbus::MessageStream::for_match_rule(rule, &conn, Some(256)).await?;
-    let mut pid = b.driver.unit_details(&unit).await?.main_pid;
-    for _ in 0..crashes {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let t0 = Instant::now();
-        b.driver.kill(&unit, libc::SIGKILL).await?;
-        pid = tokio::time::timeout(Duration::from_secs(30), async {
-            use futures_util::StreamExt;
-            while let Some(Ok(msg)) = changes.next().await {
-                let body = msg.body();
-                let Ok((iface, props, _)) = body.deserialize::<(
-                    String,
-                    std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
-                    Vec<String>,
-                )>() else {
-                    continue;
-                };
-                if iface != "org.freedesktop.systemd1.Service" {
-                    continue;
-                }
-                if let Some(new) = props.get("MainPID").and_then(|v| u32::try_from(v).ok()) {
-                    if new != 0 && new != pid {
-                        return Ok(new);
+        let manifest =
+            Manifest::parse("bench.toml", &manifest_text1).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let spec = derive_unit(&manifest, "crash0", &LaunchConfig::for_manifest(&manifest))?;
+        // systemd's own restart, same properties, through systemd-run.
+        let mut run = b.sd.command("systemd-run");
+        run.args([
+            "--unit=strata-sysrestart.service",
+            "--slice=strata.slice",
+            "-p",
+            "Restart=always",
+            "-p",
+            "RestartSec=0",
+            "-p",
+            "StartLimitIntervalSec=0",
+        ]);
+        for prop in spec.properties.iter().filter(|p| p.name != "Restart") {
+            for line in render_property(prop) {
+                run.arg("-p").arg(line);
+            }
+        }
+        run.arg("--").args(&spec.exec);
+        let out = run.output()?;
+        if !out.status.success() {
+            bail!(
+                "systemd-run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut systemd_ms = Vec::new();
+        let unit = "strata-sysrestart.service".to_owned();
+        b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
+            .await?;
+        // systemd's own restarts are watched with bare zbus: MainPID changes on the unit's object.
+        let conn = zbus::connection::Builder::address(b.sd.bus_address().as_str())?
+            .build()
+            .await?;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .path("/org/freedesktop/systemd1/unit/strata_2dsysrestart_2eservice")?
+            .interface("org.freedesktop.DBus.Properties")?
+            .member("PropertiesChanged")?
+            .build();
+        let mut changes = zbus::MessageStream::for_match_rule(rule, &conn, Some(256)).await?;
+        let mut pid = b.driver.unit_details(&unit).await?.main_pid;
+        for _ in 0..crashes {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = Instant::now();
+            b.driver.kill(&unit, libc::SIGKILL).await?;
+            pid = tokio::time::timeout(Duration::from_secs(30), async {
+                use futures_util::StreamExt;
+                while let Some(Ok(msg)) = changes.next().await {
+                    let body = msg.body();
+                    let Ok((iface, props, _)) = body.deserialize::<(
+                        String,
+                        std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+                        Vec<String>,
+                    )>() else {
+                        continue;
+                    };
+                    if iface != "org.freedesktop.systemd1.Service" {
+                        continue;
+                    }
+                    if let Some(new) = props.get("MainPID").and_then(|v| u32::try_from(v).ok()) {
+                        if new != 0 && new != pid {
+                            return Ok(new);
+                        }
                     }
                 }
-            }
-            bail!("signal stream ended")
-        })
-        .await
-        .context("systemd did not restart the unit within 30 s")??;
-        systemd_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
-    b.stop_all()?;
+                bail!("signal stream ended")
+            })
+            .await
+            .context("systemd did not restart the unit within 30 s")??;
+            systemd_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        b.stop_all()?;
 
-    b.write_manifest(&manifest_text1)?;
-    let sup = b.spawn_supervisor()?;
-    let unit = spec.unit.clone();
-    b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
-        .await?;
-    let mut pid = b.driver.unit_details(&unit).await?.main_pid;
-    let mut strata_ms = Vec::new();
-    for _ in 0..crashes {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let t0 = Instant::now();
-        b.driver.kill(&unit, libc::SIGKILL).await?;
-        pid = b.until_new_pid(&unit, pid).await?;
-        strata_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
-    stop_supervisor(sup)?;
-    b.stop_all()?;
-    systemd_ms.sort_by(f64::total_cmp);
-    strata_ms.sort_by(f64::total_cmp);
-    println!("{:>22}  {:>8}  {:>8}", "", "p50", "p90");
-    println!(
-        "{:>22}  {:>6.1}ms  {:>6.1}ms",
-        "systemd Restart=always",
-        pct(&systemd_ms, 0.5),
-        pct(&systemd_ms, 0.9)
-    );
-    println!(
-        "{:>22}  {:>6.1}ms  {:>6.1}ms",
-        "strata-supervisor",
-        pct(&strata_ms, 0.5),
-        pct(&strata_ms, 0.9)
-    );
-    println!(
-        "{:>22}  {:>8.2}",
-        "ratio (p50)",
-        pct(&strata_ms, 0.5) / pct(&systemd_ms, 0.5)
-    );
+        // The floor for any supervisor that restarts with StartUnit: a minimal client that
+        // restarts the failed unit (Restart=no, same spec) the moment it sees the failure.
+        // Against systemd's own restart it shows what StartUnit on a failed unit costs
+        // systemd; against the supervisor, what the supervisor adds.
+        b.driver.start(&spec).await?;
+        let unit = spec.unit.clone();
+        b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
+            .await?;
+        let mut pid = b.driver.unit_details(&unit).await?.main_pid;
+        let mut in_place_ms = Vec::new();
+        for _ in 0..crashes {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = Instant::now();
+            b.driver.kill(&unit, libc::SIGKILL).await?;
+            b.until_failed(&unit).await?;
+            b.driver.restart(&spec).await?;
+            pid = b.until_new_pid(&unit, pid).await?;
+            in_place_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        b.stop_all()?;
 
-    // 3. At rest with 100 services.
-    println!(
-        "\n## supervisor at rest with 100 services, {} s",
-        rest.as_secs()
-    );
-    b.write_manifest(&manifest_text(100, "r", ""))?;
-    let sup = b.spawn_supervisor()?;
-    let units: BTreeSet<String> = (0..100).map(|i| format!("strata-r{i}.service")).collect();
-    b.until_active(&units, Instant::now()).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await; // let the last signals settle
-    let spid = inner_pid(&sup)?;
-    let (cs0, cpu0, msg0) = (
-        proc_status(spid, "voluntary_ctxt_switches:")?,
-        cpu_ticks(spid)?,
-        bus_messages(&b.sd, "org.strata.Supervisor1")?,
-    );
-    tokio::time::sleep(rest).await;
-    let (cs1, cpu1, msg1) = (
-        proc_status(spid, "voluntary_ctxt_switches:")?,
-        cpu_ticks(spid)?,
-        bus_messages(&b.sd, "org.strata.Supervisor1")?,
-    );
-    let rss_kib = proc_status(spid, "VmRSS:")?;
-    let hz = 100.0; // USER_HZ on Linux
-    println!(
-        "voluntary context switches: {} ({:.2}/s)",
-        cs1 - cs0,
-        (cs1 - cs0) as f64 / rest.as_secs_f64()
-    );
-    println!("CPU time: {:.2} s", (cpu1 - cpu0) as f64 / hz);
-    println!(
-        "D-Bus messages to/from the supervisor: {}",
-        msg1.saturating_sub(msg0)
-    );
-    println!("RSS: {:.1} MiB", rss_kib as f64 / 1024.0);
-    stop_supervisor(sup)?;
-    b.stop_all()?;
-    b.sd.shutdown()?;
+        b.write_manifest(&manifest_text1)?;
+        let sup = b.spawn_supervisor()?;
+        let unit = spec.unit.clone();
+        b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
+            .await?;
+        let mut pid = b.driver.unit_details(&unit).await?.main_pid;
+        let mut strata_ms = Vec::new();
+        for _ in 0..crashes {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = Instant::now();
+            b.driver.kill(&unit, libc::SIGKILL).await?;
+            pid = b.until_new_pid(&unit, pid).await?;
+            strata_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        stop_supervisor(sup)?;
+        b.stop_all()?;
+        for v in [&mut systemd_ms, &mut in_place_ms, &mut strata_ms] {
+            v.sort_by(f64::total_cmp);
+        }
+        println!("{:>28}  {:>8}  {:>8}", "", "p50", "p90");
+        for (label, v) in [
+            ("systemd Restart=always", &systemd_ms),
+            ("StartUnit on failure (raw)", &in_place_ms),
+            ("strata-supervisor", &strata_ms),
+        ] {
+            println!(
+                "{label:>28}  {:>6.1}ms  {:>6.1}ms",
+                pct(v, 0.5),
+                pct(v, 0.9)
+            );
+        }
+        println!(
+            "{:>28}  {:>8.2}",
+            "ratio strata/systemd (p50)",
+            pct(&strata_ms, 0.5) / pct(&systemd_ms, 0.5)
+        );
+        println!(
+            "{:>28}  {:>8.2}",
+            "ratio strata/raw (p50)",
+            pct(&strata_ms, 0.5) / pct(&in_place_ms, 0.5)
+        );
+    }
+    if wants(Phase::Rest) {
+        // 3. At rest with 100 services.
+        println!(
+            "\n## supervisor at rest with 100 services, {} s",
+            rest.as_secs()
+        );
+        b.write_manifest(&manifest_text(100, "r", ""))?;
+        let sup = b.spawn_supervisor()?;
+        let units: BTreeSet<String> = (0..100).map(|i| format!("strata-r{i}.service")).collect();
+        b.until_active(&units, Instant::now()).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await; // let the last signals settle
+        let spid = inner_pid(&sup)?;
+        let (cs0, cpu0, msg0) = (
+            proc_status(spid, "voluntary_ctxt_switches:")?,
+            cpu_ticks(spid)?,
+            bus_messages(&b.sd, "org.strata.Supervisor1")?,
+        );
+        tokio::time::sleep(rest).await;
+        let (cs1, cpu1, msg1) = (
+            proc_status(spid, "voluntary_ctxt_switches:")?,
+            cpu_ticks(spid)?,
+            bus_messages(&b.sd, "org.strata.Supervisor1")?,
+        );
+        let rss_kib = proc_status(spid, "VmRSS:")?;
+        let hz = 100.0; // USER_HZ on Linux
+        println!(
+            "voluntary context switches: {} ({:.2}/s)",
+            cs1 - cs0,
+            (cs1 - cs0) as f64 / rest.as_secs_f64()
+        );
+        println!("CPU time: {:.2} s", (cpu1 - cpu0) as f64 / hz);
+        println!(
+            "D-Bus messages to/from the supervisor: {}",
+            msg1.saturating_sub(msg0)
+        );
+        println!("RSS: {:.1} MiB", rss_kib as f64 / 1024.0);
+        stop_supervisor(sup)?;
+        b.stop_all()?;
+        b.sd.shutdown()?;
+    }
     Ok(())
 }

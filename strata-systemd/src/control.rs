@@ -4,12 +4,21 @@
 //! The interface object holds no supervisor state: every call becomes a [`ControlRequest`] sent to
 //! the supervisor loop, which answers on a oneshot channel. That keeps the loop the single owner
 //! of the reconciler and lets the loop be tested without a bus.
+//!
+//! `Metrics()` renders the supervisor's metrics (Prometheus text) from the reconciler's status,
+//! taken through the same request as `ListServices`, and the driver's counters.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
+use strata_core::metrics::Metrics;
 use tokio::sync::{mpsc, oneshot};
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::Type;
 use zbus::{fdo, interface, message::Header, proxy};
+
+use crate::systemd::DriverMetrics;
 
 /// Well-known bus name, interface name and object path of the supervisor.
 pub const BUS_NAME: &str = "org.strata.Supervisor1";
@@ -59,6 +68,9 @@ pub enum ControlError {
     UnknownService(String),
     #[error("service `{name}` is not quarantined (it is {state})")]
     NotQuarantined { name: String, state: String },
+    /// Start or stop of a quarantined service (the reconciler's refusal).
+    #[error("service `{name}` is quarantined ({reason}); release it first")]
+    Quarantined { name: String, reason: String },
     #[error("invalid manifest, the running graph is unchanged: {0}")]
     InvalidManifest(String),
     #[error("{0}")]
@@ -87,6 +99,8 @@ impl From<ControlError> for SupervisorBusError {
         match e {
             ControlError::UnknownService(_) => Self::UnknownService(msg),
             ControlError::NotQuarantined { .. } => Self::NotQuarantined(msg),
+            // Same D-Bus error as before the variant existed: D-Bus clients see no change.
+            ControlError::Quarantined { .. } => Self::Failed(msg),
             ControlError::InvalidManifest(_) => Self::InvalidManifest(msg),
             ControlError::Failed(_) => Self::Failed(msg),
         }
@@ -140,12 +154,26 @@ fn lookup_gid(group: &str) -> Option<u32> {
     (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
 
+/// The supervisor's metrics in Prometheus text: `service_restarts_total{service}` for every
+/// declared service (the reconciler's count of automatic restarts, 0 included) and
+/// `bus_lagged_total` (systemd events the driver dropped).
+pub fn render_metrics(services: &[ServiceInfo], bus_lagged_total: u64) -> String {
+    let metrics = Metrics::new();
+    for s in services {
+        metrics.set_restarts_total(&s.name, u64::from(s.restarts));
+    }
+    metrics.set_bus_lagged_total(bus_lagged_total);
+    metrics.render()
+}
+
 /// The object served at `/org/strata/Supervisor1`.
 #[derive(Debug)]
 pub struct SupervisorInterface {
     requests: mpsc::Sender<ControlRequest>,
     policy: AdminPolicy,
     node_id: String,
+    /// The driver's counters, for `Metrics()` (absent: `bus_lagged_total` reads 0).
+    driver_metrics: Option<Arc<DriverMetrics>>,
 }
 
 impl SupervisorInterface {
@@ -158,7 +186,15 @@ impl SupervisorInterface {
             requests,
             policy,
             node_id,
+            driver_metrics: None,
         }
+    }
+
+    /// Reports these driver counters (`SystemdDriver::metrics()`) through `Metrics()`.
+    #[must_use]
+    pub fn with_driver_metrics(mut self, metrics: Arc<DriverMetrics>) -> Self {
+        self.driver_metrics = Some(metrics);
+        self
     }
 
     async fn ask<T>(
@@ -272,6 +308,19 @@ impl SupervisorInterface {
         Ok(self.ask(ControlRequest::Reload).await??)
     }
 
+    /// The supervisor's metrics in Prometheus text format 0.0.4. Readable by everyone: restart
+    /// counts and a lag counter reveal nothing that `ListServices` does not.
+    async fn metrics(&self) -> Result<String, SupervisorBusError> {
+        // Taken at render time from the reconciler (the loop answers with its status), so the
+        // counts are exactly the ones `GetService` reports.
+        let services = self.ask(ControlRequest::List).await?;
+        let lagged = self
+            .driver_metrics
+            .as_ref()
+            .map_or(0, |m| m.bus_lagged_total.load(Ordering::Relaxed));
+        Ok(render_metrics(&services, lagged))
+    }
+
     #[zbus(property)]
     fn node_id(&self) -> String {
         self.node_id.clone()
@@ -322,6 +371,8 @@ pub trait Supervisor1 {
     fn restart(&self, name: &str) -> zbus::Result<()>;
     fn release(&self, name: &str) -> zbus::Result<()>;
     fn reload(&self) -> zbus::Result<u64>;
+    /// Prometheus text (format 0.0.4).
+    fn metrics(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn node_id(&self) -> zbus::Result<String>;
     #[zbus(property)]
@@ -379,5 +430,42 @@ mod tests {
         }
         .into();
         assert!(matches!(e, SupervisorBusError::NotQuarantined(_)));
+    }
+
+    fn info(name: &str, restarts: u32) -> ServiceInfo {
+        ServiceInfo {
+            name: name.into(),
+            unit: format!("strata-{name}.service"),
+            state: "running".into(),
+            main_pid: 1,
+            restarts,
+            since_usec: 0,
+            reason: String::new(),
+            last_exit: String::new(),
+        }
+    }
+
+    #[test]
+    fn metrics_report_every_service_restart_count_and_the_bus_lag() {
+        let text = render_metrics(&[info("web", 3), info("db", 0)], 7);
+        let exp = strata_core::metrics::parse_exposition(&text).expect("valid exposition");
+        assert_eq!(
+            exp.value("service_restarts_total", &[("service", "web")]),
+            Some(3.0)
+        );
+        assert_eq!(
+            exp.value("service_restarts_total", &[("service", "db")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            exp.samples_named("service_restarts_total").count(),
+            2,
+            "{text}"
+        );
+        assert_eq!(exp.value("bus_lagged_total", &[]), Some(7.0));
+        assert_eq!(
+            exp.types.get("request_latency_seconds").map(String::as_str),
+            Some("histogram")
+        );
     }
 }

@@ -25,6 +25,11 @@ pub trait UnitDriver: Send + Sync + 'static {
     /// Starts `spec` as a transient unit (Restart=no, spec hash recorded on the unit) and returns
     /// once systemd accepted the start job. The outcome arrives as events.
     fn start(&self, spec: &UnitSpec) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Starts the loaded, ended (failed or exited) unit of `spec` again, in place: the caller
+    /// knows it carries `spec`'s hash, so systemd holds these very properties. When systemd has
+    /// collected the unit meanwhile, starts `spec` as a new transient unit instead. Returns
+    /// once systemd accepted the start job; the outcome arrives as events.
+    fn restart(&self, spec: &UnitSpec) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Stops the unit (no error when it is already gone).
     fn stop(&self, unit: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Sends `signal` to every process of the unit.

@@ -17,6 +17,7 @@ use crate::driver::{DriverEvent, UnitDriver};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Start { unit: String, spec_hash: String },
+    Restart { unit: String, spec_hash: String },
     Stop(String),
     Kill(String, i32),
     ResetFailed(String),
@@ -29,6 +30,12 @@ pub enum FakeDriverError {
     AlreadyLoaded { unit: String, phase: UnitPhase },
     #[error("start of {unit} refused: {reason}")]
     Refused { unit: String, reason: String },
+    #[error("unit {unit} holds spec {held:?}, not {wanted}: refusing to start it in place")]
+    OtherSpec {
+        unit: String,
+        held: Option<String>,
+        wanted: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +104,21 @@ impl FakeDriver {
     }
 }
 
+/// A new main process of `spec`'s unit, running at once (the fake has no activation phase).
+fn run(g: &mut Inner, spec: &UnitSpec) {
+    g.next_pid += 1;
+    let obs = UnitObservation {
+        unit: spec.unit.clone(),
+        phase: UnitPhase::Running,
+        main_pid: 1000 + g.next_pid,
+        spec_hash: Some(spec.spec_hash.clone()),
+        // Each run gets its own start stamp, as ExecMainStartTimestampMonotonic does.
+        run: u64::from(g.next_pid),
+    };
+    g.units.insert(spec.unit.clone(), obs.clone());
+    send(g, DriverEvent::Changed(obs));
+}
+
 fn send(g: &Inner, ev: DriverEvent) {
     if let Some(tx) = &g.events {
         // The fake's channel is unbounded in practice (large capacity); a full one is a test bug.
@@ -125,15 +147,39 @@ impl UnitDriver for FakeDriver {
                 phase: existing.phase.clone(),
             });
         }
-        g.next_pid += 1;
-        let obs = UnitObservation {
+        run(&mut g, spec);
+        Ok(())
+    }
+
+    async fn restart(&self, spec: &UnitSpec) -> Result<(), FakeDriverError> {
+        let mut g = self.lock();
+        g.calls.push(Call::Restart {
             unit: spec.unit.clone(),
-            phase: UnitPhase::Running,
-            main_pid: 1000 + g.next_pid,
-            spec_hash: Some(spec.spec_hash.clone()),
+            spec_hash: spec.spec_hash.clone(),
+        });
+        if let Some(reason) = g.refuse_next_start.take() {
+            return Err(FakeDriverError::Refused {
+                unit: spec.unit.clone(),
+                reason,
+            });
+        }
+        let Some(existing) = g.units.get(&spec.unit).cloned() else {
+            // Collected meanwhile: like the systemd driver, start the spec anew.
+            run(&mut g, spec);
+            return Ok(());
         };
-        g.units.insert(spec.unit.clone(), obs.clone());
-        send(&g, DriverEvent::Changed(obs));
+        // The fake is strict where systemd would silently run the old properties.
+        if existing.spec_hash.as_deref() != Some(spec.spec_hash.as_str()) {
+            return Err(FakeDriverError::OtherSpec {
+                unit: spec.unit.clone(),
+                held: existing.spec_hash,
+                wanted: spec.spec_hash.clone(),
+            });
+        }
+        if matches!(existing.phase, UnitPhase::Starting | UnitPhase::Running) {
+            return Ok(()); // systemd: a start job on an active unit changes nothing
+        }
+        run(&mut g, spec);
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! and the `strata-supervisor` daemon built on it.
 
 pub mod control;
+pub mod control_v1;
 pub mod driver;
 pub mod fake;
 pub mod supervisor;

@@ -188,6 +188,157 @@ async fn a_sigkill_is_observed_through_the_event_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_unit_restarts_in_place_with_its_properties() {
+    let sd = boot();
+    let d = driver(&sd).await;
+    let mut rx = d.events().await.expect("events");
+    assert_eq!(first_resync(&mut rx).await, vec![]);
+    let s = spec(
+        "again",
+        &["/bin/sleep", "300"],
+        vec![u64p("MemoryMax", 48 << 20), u64p("TasksMax", 8)],
+    );
+    d.start(&s).await.expect("start");
+    let first = wait_for(&mut rx, &s.unit, "Running", |o| {
+        o.phase == UnitPhase::Running
+    })
+    .await;
+    d.kill(&s.unit, libc::SIGKILL).await.expect("kill");
+    wait_for(&mut rx, &s.unit, "Failed", |o| {
+        o.phase == UnitPhase::Failed(ExitReason::Signal(9))
+    })
+    .await;
+    // StartUnit on the loaded failed unit: a new main process, the same unit and properties.
+    d.restart(&s).await.expect("restart in place");
+    let second = wait_for(&mut rx, &s.unit, "Running again", |o| {
+        o.phase == UnitPhase::Running
+    })
+    .await;
+    assert_ne!(second.main_pid, 0);
+    assert_ne!(second.main_pid, first.main_pid);
+    let det = details(&d, &s.unit).await;
+    assert_eq!((det.memory_max, det.tasks_max), (48 << 20, 8));
+    assert_eq!(det.spec_hash.as_deref(), Some("hashagain"));
+    assert_eq!(det.phase(), UnitPhase::Running);
+    // On a running unit it changes nothing.
+    d.restart(&s).await.expect("restart of a running unit");
+    assert_eq!(details(&d, &s.unit).await.main_pid, second.main_pid);
+    // A crash loop: more restarts within 10 s than systemd's default start limit (5) allows.
+    // Each end is a plain SIGKILL: the new cgroup at the old path must not make the old
+    // cgroup's removal look like an OOM kill (cgroup v1 watch).
+    let mut pid = second.main_pid;
+    for round in 0..8 {
+        d.kill(&s.unit, libc::SIGKILL).await.expect("kill");
+        let failed = wait_for(&mut rx, &s.unit, "Failed", |o| {
+            matches!(o.phase, UnitPhase::Failed(_))
+        })
+        .await;
+        assert_eq!(failed.phase, UnitPhase::Failed(ExitReason::Signal(9)));
+        d.restart(&s).await.expect("restart in place");
+        let again = wait_for(
+            &mut rx,
+            &s.unit,
+            &format!("Running after crash {round}"),
+            |o| {
+                assert_ne!(
+                    o.phase,
+                    UnitPhase::Failed(ExitReason::OomKill),
+                    "a SIGKILL reported as an OOM kill (round {round})"
+                );
+                o.phase == UnitPhase::Running && o.main_pid != pid
+            },
+        )
+        .await;
+        pid = again.main_pid;
+    }
+
+    // A unit collected meanwhile (reset by hand): the restart starts the spec anew.
+    d.kill(&s.unit, libc::SIGKILL).await.expect("kill");
+    wait_for(&mut rx, &s.unit, "Failed", |o| {
+        matches!(o.phase, UnitPhase::Failed(_))
+    })
+    .await;
+    d.reset_failed(&s.unit).await.expect("reset-failed");
+    timeout(EVENT_TIMEOUT, async {
+        while let Some(ev) = rx.recv().await {
+            if matches!(&ev, DriverEvent::Removed { unit } if *unit == s.unit) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the reset unit is removed");
+    d.restart(&s).await.expect("restart of a collected unit");
+    let third = wait_for(&mut rx, &s.unit, "Running anew", |o| {
+        o.phase == UnitPhase::Running
+    })
+    .await;
+    assert_ne!(third.main_pid, pid);
+    assert_eq!(details(&d, &s.unit).await.memory_max, 48 << 20);
+    sd.shutdown().expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_of_a_unit_restarted_by_systemd_are_never_oom_kills() {
+    let sd = boot();
+    let d = driver(&sd).await;
+    let mut rx = d.events().await.expect("events");
+    assert_eq!(first_resync(&mut rx).await, vec![]);
+    // systemd's own Restart= recreates the cgroup at the same path at once: the cgroup v1
+    // watch must not read the new cgroup for the old one.
+    let unit = "strata-autorestart.service";
+    let out = sd
+        .command("systemd-run")
+        .args([
+            "--quiet",
+            "--unit",
+            unit,
+            "--slice=strata.slice",
+            "-p",
+            "Type=exec",
+            "-p",
+            "Restart=always",
+            "-p",
+            "RestartSec=0",
+            "-p",
+            "StartLimitIntervalSec=0",
+            "-p",
+            "MemoryMax=64M",
+            "/bin/sleep",
+            "300",
+        ])
+        .output()
+        .expect("systemd-run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pid = wait_for(&mut rx, unit, "Running", |o| o.phase == UnitPhase::Running)
+        .await
+        .main_pid;
+    for round in 0..12 {
+        d.kill(unit, libc::SIGKILL).await.expect("kill");
+        pid = wait_for(
+            &mut rx,
+            unit,
+            &format!("Running after crash {round}"),
+            |o| {
+                assert_ne!(
+                    o.phase,
+                    UnitPhase::Failed(ExitReason::OomKill),
+                    "a SIGKILL reported as an OOM kill (round {round})"
+                );
+                o.phase == UnitPhase::Running && o.main_pid != 0 && o.main_pid != pid
+            },
+        )
+        .await
+        .main_pid;
+    }
+    sd.shutdown().expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exceeding_memory_max_is_reported_as_an_oom_kill() {
     let sd = boot();
     let d = driver(&sd).await;
@@ -706,6 +857,12 @@ async fn an_overflowing_consumer_gets_counted_and_resynced() {
             .bus_lagged_total
             .load(std::sync::atomic::Ordering::Relaxed)
     };
+    // The driver's event task may still be catching up with the bus when the last start job
+    // is done: give it until EVENT_TIMEOUT to hit the full channel.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while lagged() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(lagged() > 0, "the channel must have overflowed");
     // Reading again: a Resync follows, and the current state of every unit arrives.
     let mut state: HashMap<String, UnitPhase> = HashMap::new();

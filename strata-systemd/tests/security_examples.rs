@@ -19,8 +19,10 @@ use std::process::Stdio;
 
 use strata_core::capability::Capability;
 use strata_core::derive::{LaunchConfig, derive_all, token_path};
+use strata_core::graph::ServiceGraph;
 use strata_core::manifest::{CoreService, Manifest, ServiceKind};
 use strata_systemd::driver::UnitDriver;
+use strata_systemd::supervisor::link_core_endpoints;
 use strata_systemd::systemd::SystemdDriver;
 use strata_testkit::{BIN_DIR, BootOptions, PrivateSystemd};
 
@@ -160,7 +162,7 @@ fn localize(manifest: &mut Manifest) {
 }
 
 /// Creates what the units expect to exist, as the supervisor does in production: the runtime
-/// directory, the declared paths of user services that lie in private areas, and the token
+/// directory and the links to the core services' endpoints, the declared paths of user services that lie in private areas, and the token
 /// files of `call:` capabilities. A core service's own runtime and state directories are
 /// systemd's to create (RuntimeDirectory=, StateDirectory=).
 fn prepare(sd: &PrivateSystemd, manifest: &Manifest) {
@@ -170,6 +172,8 @@ fn prepare(sd: &PrivateSystemd, manifest: &Manifest) {
     std::fs::create_dir_all(&runtime)
         .unwrap_or_else(|e| panic!("creating the runtime directory in the namespace: {e}"));
     for (name, decl) in manifest.all_services() {
+        link_core_endpoints(&runtime, &name)
+            .unwrap_or_else(|e| panic!("linking the endpoints of {name}: {e}"));
         for cap in &decl.capabilities {
             match cap {
                 Capability::FsRead(p) | Capability::FsWrite(p)
@@ -238,7 +242,17 @@ async fn every_example_unit_stays_under_its_exposure_ceiling() {
         prepare(&sd, &manifest);
         let specs = derive_all(&manifest, &LaunchConfig::for_manifest(&manifest));
         let decls = manifest.all_services();
-        for spec in specs.values() {
+        // In the graph's order, as the supervisor starts them: core services are Type=notify
+        // and wait for identity's key before they are ready, so identity goes first.
+        let order = ServiceGraph::new(&manifest)
+            .unwrap_or_else(|e| panic!("example {example} has no valid graph:\n{e}"))
+            .start_order();
+        assert_eq!(
+            order.len(),
+            specs.len(),
+            "{example}: the graph orders every unit"
+        );
+        for spec in order.iter().filter_map(|name| specs.get(name)) {
             driver
                 .start_and_wait(spec)
                 .await
@@ -314,6 +328,18 @@ async fn every_example_unit_stays_under_its_exposure_ceiling() {
         .filter(|s| CoreService::from_name(&s.service).is_some())
         .count();
     assert!(core_seen > 0, "the core services were scored too");
+    // The core services are ours: a unit of theirs that does not run under its own hardening
+    // is a derivation bug, whatever its score.
+    let core_down: Vec<String> = scored
+        .iter()
+        .filter(|s| CoreService::from_name(&s.service).is_some() && s.state != "active/running")
+        .map(|s| format!("{}/{}: {}", s.example, s.service, s.state))
+        .collect();
+    assert!(
+        core_down.is_empty(),
+        "core services that do not run under their derived units:\n{}",
+        core_down.join("\n")
+    );
     assert!(
         over.is_empty(),
         "units over their exposure ceiling:\n{}",

@@ -108,11 +108,12 @@ fn running(fake: &FakeDriver, unit: &str) -> bool {
         .is_some_and(|o| o.phase == UnitPhase::Running)
 }
 
+/// Every start of a unit, as a new transient unit or again in place.
 fn starts(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
         .filter_map(|c| match c {
-            Call::Start { unit, .. } => Some(unit.clone()),
+            Call::Start { unit, .. } | Call::Restart { unit, .. } => Some(unit.clone()),
             _ => None,
         })
         .collect()
@@ -172,6 +173,30 @@ async fn crashes_back_off_then_quarantine_and_release_clears_history() {
             .await;
         }
     }
+    // The crashed unit carries the current spec: each restart starts it again in place,
+    // without resetting it and creating a new transient unit.
+    let calls = r.fake.calls();
+    let db_calls: Vec<&Call> = calls
+        .iter()
+        .filter(|c| match c {
+            Call::Start { unit, .. } | Call::Restart { unit, .. } => unit == "strata-db.service",
+            Call::ResetFailed(unit) | Call::Stop(unit) | Call::Kill(unit, _) => {
+                unit == "strata-db.service"
+            }
+        })
+        .collect();
+    assert!(
+        matches!(
+            db_calls.as_slice(),
+            [
+                Call::Start { .. },
+                Call::Restart { .. },
+                Call::Restart { .. },
+                ..
+            ]
+        ),
+        "{db_calls:?}"
+    );
     until("db quarantined", || {
         r.publisher.events.lock().expect("lock").iter().any(|p| {
             matches!(p, Published::StateChanged { service, new, .. } if service == "db" && new == "quarantined")

@@ -205,7 +205,7 @@ async fn a_killed_supervisor_adopts_running_units_and_reload_rolls_only_changes(
     let before = pids(&node);
     assert!(before.iter().all(|p| p != "0"), "{before:?}");
 
-    node.kill_supervisor();
+    node.kill_supervisor().await;
     node.start_supervisor().await;
     for s in ["db", "api", "web"] {
         let info = node.wait_state(s, "running", LONG).await;

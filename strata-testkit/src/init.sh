@@ -222,6 +222,13 @@ EOF
 printf '%s\n' "$OWNER" >"$S/owner"
 echo "$TOKEN" >"$S/instance.tmp"
 mv "$S/instance.tmp" "$S/instance"
+# 10. Shared propagation inside the namespace, as systemd sets it up itself on a host (it skips
+#     that step when it sees container=). Credentials need it: systemd 252 builds
+#     /run/credentials/<unit> in a child mount namespace and moves it into place, which reaches
+#     PID 1's namespace only through a shared /run; with private mounts every LoadCredential=
+#     file is missing (EACCES for a DynamicUser). The namespace was created with private
+#     propagation, so these peer groups are new and reach no host mount.
+mount -n --make-rshared /
 say "exec systemd"
 # 6. + 3. A clean environment, no terminal: stdin/stdout /dev/null; stderr stays the
 #    launcher's pipe so early failures are reported (systemd reopens its stdio itself).

@@ -191,6 +191,73 @@ fn host_run_and_dev_gain_nothing() {
     }
 }
 
+/// The host's mount table, one line per mount, without the per-boot mount IDs.
+fn host_mounts() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("read host mountinfo")
+        .lines()
+        .map(|l| l.split(' ').skip(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn credentials_reach_a_dynamic_user_unit_and_no_host_mount_changes() {
+    let before = host_mounts();
+    let sd = boot();
+    sd.write_file(Path::new("/run/strata-cred-src"), b"secret-token")
+        .expect("write the credential source");
+    // A DynamicUser unit reads its LoadCredential= file: systemd moves the credential mount into
+    // place from a child namespace, which needs shared propagation inside the namespace.
+    let out = systemd_run(
+        &sd,
+        &[
+            "--wait",
+            "--pipe",
+            "-p",
+            "DynamicUser=yes",
+            "-p",
+            "LoadCredential=tok:/run/strata-cred-src",
+            "/bin/sh",
+            "-c",
+            "cat \"$CREDENTIALS_DIRECTORY/tok\"",
+        ],
+    );
+    assert_eq!(out, "secret-token");
+    // Negative control: a unit without the credential has no such file.
+    let denied = sd
+        .command("systemd-run")
+        .args([
+            "--quiet",
+            "--wait",
+            "--pipe",
+            "-p",
+            "DynamicUser=yes",
+            "/bin/sh",
+            "-c",
+            "cat \"${CREDENTIALS_DIRECTORY:-/nonexistent}/tok\"",
+        ])
+        .output()
+        .expect("run systemd-run inside");
+    assert!(
+        !denied.status.success(),
+        "a unit without LoadCredential read a token"
+    );
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("No such file or directory"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    // Shared propagation inside the namespace reaches no host mount.
+    let during = host_mounts();
+    assert_eq!(
+        during.difference(&before).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "the host gained mounts"
+    );
+    sd.shutdown().expect("clean shutdown");
+    assert_eq!(host_mounts(), before, "the host's mount table changed");
+}
+
 #[test]
 fn host_tmp_survives_boot_and_shutdown() {
     let marker = std::env::temp_dir().join(unique("strata-testkit-marker"));

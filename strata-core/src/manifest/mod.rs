@@ -362,7 +362,9 @@ impl Manifest {
             restart: settings.restart,
             environment: BTreeMap::new(),
             working_directory: None,
-            ready: ReadyMode::Exec,
+            // Core services send READY=1 once their socket listens: a service ordered after
+            // them starts only when it can connect.
+            ready: ReadyMode::Notify,
             allow_degraded_sandbox: settings.allow_degraded_sandbox,
         })
     }

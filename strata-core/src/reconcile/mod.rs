@@ -237,6 +237,12 @@ pub enum Action {
     /// Start the spec as a transient unit. A rejected start is reported back with
     /// [`Reconciler::start_failed`].
     Start(Box<UnitSpec>),
+    /// Start the unit of the spec again: it is loaded, ended (failed or exited) and carries this
+    /// very spec hash, so systemd already holds these properties (StartUnit instead of
+    /// ResetFailed + StartTransientUnit: the restart skips loading a new transient unit). A
+    /// driver that finds the unit gone meanwhile starts the spec as a new transient unit. A
+    /// rejected restart is reported back with [`Reconciler::start_failed`].
+    Restart(Box<UnitSpec>),
     /// Stop the unit (no error when it is gone).
     Stop { unit: String },
     /// Clear a failed or exited unit so its name is free again.
@@ -247,7 +253,7 @@ impl Action {
     /// The unit the action is about.
     pub fn unit(&self) -> &str {
         match self {
-            Self::Start(spec) => &spec.unit,
+            Self::Start(spec) | Self::Restart(spec) => &spec.unit,
             Self::Stop { unit } | Self::ResetFailed { unit } => unit,
         }
     }
@@ -292,6 +298,28 @@ pub enum ReconcileError {
     NoStartInFlight { name: String, state: StateKind },
 }
 
+/// A start in flight of a service a reload removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ghost {
+    at: Timestamp,
+    /// For a restart in place: the run whose end was restarted (still observed until systemd
+    /// reports the new run).
+    restarted_run: Option<u64>,
+}
+
+impl Ghost {
+    /// Whether `obs` is still "not yet started" for this start: no unit, or the old end.
+    fn pending(&self, obs: Option<&UnitObservation>) -> bool {
+        match obs {
+            None => true,
+            Some(o) => {
+                matches!(o.phase, UnitPhase::Failed(_) | UnitPhase::Exited)
+                    && self.restarted_run.is_some_and(|r| o.run <= r)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OrphanAction {
     Stop,
@@ -306,8 +334,9 @@ pub struct Reconciler {
     /// Units of undeclared services: the last action issued for each and when.
     orphans: BTreeMap<String, (OrphanAction, Timestamp)>,
     /// Unconfirmed starts of services removed by a reload, by unit: their units may still
-    /// appear, and a service declared again must not start a second one.
-    ghosts: BTreeMap<String, Timestamp>,
+    /// appear (or, for a restart in place, leave their old end), and a service declared again
+    /// must not start a second one nor count that old end again.
+    ghosts: BTreeMap<String, Ghost>,
     /// Events produced by commands and inputs, published with the next plan.
     events: Vec<Event>,
     rng: SplitMix64,
@@ -365,7 +394,9 @@ impl Reconciler {
             // Carry actions in flight over to the unit's new life as an orphan (or back).
             let unit = unit_name(&name);
             if let Some(at) = rec.st.unconfirmed_start() {
-                self.ghosts.insert(unit.clone(), at);
+                let restarted_run = rec.restarted_run.filter(|_| rec.end_seen);
+                self.ghosts
+                    .insert(unit.clone(), Ghost { at, restarted_run });
             }
             match rec.st {
                 St::Stopping {
@@ -388,12 +419,17 @@ impl Reconciler {
             }
             let mut rec = Record::new(now);
             let unit = &svc.spec.unit;
-            if let Some(at) = self.ghosts.remove(unit) {
+            if let Some(ghost) = self.ghosts.remove(unit) {
                 rec.set(
-                    St::StartIssued { at },
+                    St::StartIssued { at: ghost.at },
                     "start requested before the reload",
                     now,
                 );
+                if ghost.restarted_run.is_some() {
+                    // The old end is still what systemd shows: already counted.
+                    rec.end_seen = true;
+                    rec.restarted_run = ghost.restarted_run;
+                }
             } else if let Some((action, at)) = self.orphans.remove(unit) {
                 match action {
                     OrphanAction::Stop => rec.set(
@@ -660,9 +696,9 @@ impl Reconciler {
     /// Decides what to do now. See the module documentation.
     pub fn plan(&mut self, observed: &Observed, now: Timestamp) -> Plan {
         let mut actions = Vec::new();
-        self.ghosts.retain(|unit, at| {
-            present(observed, unit).is_none()
-                && now < at.saturating_add(self.timeouts.start_confirm)
+        self.ghosts.retain(|unit, ghost| {
+            ghost.pending(present(observed, unit))
+                && now < ghost.at.saturating_add(self.timeouts.start_confirm)
         });
         self.reap_orphans(observed, now, &mut actions);
         let order = self.desired.order.clone();
@@ -692,6 +728,11 @@ impl Reconciler {
         });
         for (unit, obs) in observed {
             if obs.spec_hash.is_none() || desired.service_of_unit(unit).is_some() {
+                continue;
+            }
+            // A restart in place still in flight: its old end is no orphan to reset yet (the
+            // new run, once seen, is stopped like any orphan).
+            if self.ghosts.contains_key(unit) {
                 continue;
             }
             let wanted = match obs.phase {
@@ -839,6 +880,50 @@ impl Reconciler {
                         ),
                     },
                     Some(UnitPhase::Stopping) => {}
+                    Some(phase @ (UnitPhase::Failed(_) | UnitPhase::Exited))
+                        if matches!(st, St::StartIssued { .. })
+                            && rec.end_seen
+                            && obs.is_some_and(|o| o.run != 0)
+                            && rec
+                                .restarted_run
+                                .is_some_and(|r| obs.is_some_and(|o| o.run > r)) =>
+                    {
+                        // A run newer than the one restarted already ended (systemd reported
+                        // failed → failed, its activation too short to be seen): a new end.
+                        // Runs are start stamps, so a late report of an older run is not one.
+                        rec.end_seen = true;
+                        match phase {
+                            UnitPhase::Failed(reason) => record_failure(
+                                rec,
+                                name,
+                                policy,
+                                &mut self.rng,
+                                &mut self.events,
+                                reason.clone(),
+                                now,
+                            ),
+                            _ => rec.set(St::Exited, REASON_CLEAN_EXIT, now),
+                        }
+                    }
+                    Some(UnitPhase::Failed(_) | UnitPhase::Exited)
+                        if matches!(st, St::StartIssued { at } if rec.end_seen
+                            && now >= at.saturating_add(start_confirm)) =>
+                    {
+                        // A restart in place whose unit never left its ended state (no
+                        // activation seen): count it like a start that did not come up.
+                        record_failure(
+                            rec,
+                            name,
+                            policy,
+                            &mut self.rng,
+                            &mut self.events,
+                            ExitReason::StartFailed(format!(
+                                "the unit did not start again within {}",
+                                human(start_confirm)
+                            )),
+                            now,
+                        );
+                    }
                     Some(UnitPhase::Failed(reason)) => {
                         let expected_alive = st.expects_unit();
                         let fresh_ours = ours && matches!(st, St::Declared | St::Waiting);
@@ -856,7 +941,9 @@ impl Reconciler {
                         rec.end_seen = true;
                     }
                     Some(UnitPhase::Exited) => {
-                        if st.expects_unit() {
+                        // An end already accounted for (e.g. the unit a restart in place is
+                        // about to start again) is no news.
+                        if st.expects_unit() && !rec.end_seen {
                             rec.set(St::Exited, REASON_CLEAN_EXIT, now);
                         }
                         rec.end_seen = true;
@@ -882,9 +969,9 @@ impl Reconciler {
         match rec.st.clone() {
             St::BackingOff { until } if now >= until => {
                 rec.set(St::Declared, "the backoff delay is over, restarting", now);
-                self.try_start(name, phase, now, actions);
+                self.try_start(name, obs, now, actions);
             }
-            St::Declared | St::Waiting => self.try_start(name, phase, now, actions),
+            St::Declared | St::Waiting => self.try_start(name, obs, now, actions),
             St::Clearing { issued_at } => {
                 let stuck = matches!(phase, Some(UnitPhase::Failed(_) | UnitPhase::Exited));
                 if stuck && now >= issued_at.saturating_add(retry) {
@@ -918,12 +1005,12 @@ impl Reconciler {
         }
     }
 
-    /// Starts `name` if its dependencies run: frees the unit name first if a failed or exited
-    /// unit holds it.
+    /// Starts `name` if its dependencies run. A failed or exited unit of the same spec is
+    /// started again in place; one of another spec is reset first to free the name.
     fn try_start(
         &mut self,
         name: &str,
-        phase: Option<&UnitPhase>,
+        obs: Option<&UnitObservation>,
         now: Timestamp,
         actions: &mut Vec<Action>,
     ) {
@@ -935,14 +1022,25 @@ impl Reconciler {
             rec.set(St::Waiting, format!("waiting for {dep} ({why})"), now);
             return;
         }
-        match phase {
+        let ours = obs.is_some_and(|o| o.spec_hash.as_deref() == Some(svc.spec.spec_hash.as_str()));
+        match obs.map(|o| &o.phase) {
             None => {
                 actions.push(Action::Start(Box::new(svc.spec.clone())));
-                if rec.restart_due {
-                    rec.restarts = rec.restarts.saturating_add(1);
-                    rec.restart_due = false;
-                }
+                rec.count_due_restart();
+                rec.restarted_run = None;
                 rec.set(St::StartIssued { at: now }, "start requested", now);
+            }
+            Some(UnitPhase::Failed(_) | UnitPhase::Exited) if ours => {
+                actions.push(Action::Restart(Box::new(svc.spec.clone())));
+                rec.count_due_restart();
+                // The ended unit stays visible until systemd starts it: that end is known.
+                rec.end_seen = true;
+                rec.restarted_run = obs.map(|o| o.run);
+                rec.set(
+                    St::StartIssued { at: now },
+                    "restart requested (same unit)",
+                    now,
+                );
             }
             Some(UnitPhase::Failed(_) | UnitPhase::Exited) => {
                 actions.push(Action::ResetFailed {
@@ -1034,7 +1132,7 @@ impl Reconciler {
                 .values()
                 .map(|(_, at)| at.saturating_add(retry)),
         );
-        deadlines.extend(self.ghosts.values().map(|at| at.saturating_add(confirm)));
+        deadlines.extend(self.ghosts.values().map(|g| g.at.saturating_add(confirm)));
         deadlines.into_iter().filter(|&t| t > now).min()
     }
 }

@@ -180,6 +180,9 @@ pub(crate) struct Record {
     pub(crate) restarts: u32,
     /// The next start is an automatic restart after a failure (counted in `restarts`).
     pub(crate) restart_due: bool,
+    /// The run (observation `run`) of the ended unit a restart in place was issued for: an end
+    /// observed with another run is the end of the restarted run, not the old one.
+    pub(crate) restarted_run: Option<u64>,
     pub(crate) last_exit: Option<ExitReason>,
     pub(crate) main_pid: u32,
     /// The failed or exited unit currently observed has been accounted for (as a failure, a
@@ -199,9 +202,18 @@ impl Record {
             failures: VecDeque::new(),
             restarts: 0,
             restart_due: false,
+            restarted_run: None,
             last_exit: None,
             main_pid: 0,
             end_seen: false,
+        }
+    }
+
+    /// A start is being issued: if it is the automatic restart after a failure, count it.
+    pub(crate) fn count_due_restart(&mut self) {
+        if self.restart_due {
+            self.restarts = self.restarts.saturating_add(1);
+            self.restart_due = false;
         }
     }
 

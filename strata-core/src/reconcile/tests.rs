@@ -41,6 +41,7 @@ fn unit_obs(name: &str, phase: UnitPhase, hash: Option<&str>) -> UnitObservation
         phase,
         main_pid: 100,
         spec_hash: hash.map(str::to_owned),
+        run: 0,
     }
 }
 
@@ -63,6 +64,10 @@ fn stop_of(name: &str) -> Action {
     Action::Stop {
         unit: unit_name(name),
     }
+}
+
+fn restart_of(name: &str) -> Action {
+    Action::Restart(Box::new(spec(name, &format!("h-{name}"))))
 }
 
 fn reset_of(name: &str) -> Action {
@@ -358,18 +363,130 @@ fn crash_backs_off_then_resets_and_restarts() {
     // Repeated observation of the same failed unit is not a second crash.
     let p = r.plan(&failed, t(10));
     assert!(!p.events.iter().any(|e| matches!(e, Event::Crashed { .. })));
-    // Backoff over: reset-failed first, start once the name is free.
+    // Backoff over: the failed unit carries this spec, so it is started again in place, once.
     let p = r.plan(&failed, until);
-    assert_eq!(p.actions, [reset_of("web")]);
+    assert_eq!(p.actions, [restart_of("web")]);
     assert_eq!(state(&r, "web"), StateKind::Starting);
-    assert!(r.plan(&failed, until).actions.is_empty());
-    let p = r.plan(&Observed::new(), until);
-    assert_eq!(p.actions, [start_of("web")]);
     assert_eq!(r.service_status("web").unwrap().restarts, 1);
+    // The unit still shows its old failure until systemd starts it: no second crash, no
+    // second restart.
+    let p = r.plan(&failed, until);
+    assert!(p.actions.is_empty() && p.events.is_empty(), "{p:?}");
+    let p = r.plan(&obs_of(&[running("web")]), until);
+    assert!(p.actions.is_empty());
+    assert_eq!(state(&r, "web"), StateKind::Running);
+    // It crashes again: that is a new failure.
+    let p = r.plan(&failed, until.saturating_add(Duration::from_secs(1)));
+    assert!(p.events.iter().any(|e| matches!(e, Event::Crashed { .. })));
+    assert_eq!(r.service_status("web").unwrap().recent_failures, 2);
 }
 
 #[test]
-fn zero_backoff_resets_the_failed_unit_in_the_same_plan() {
+fn a_failed_unit_of_another_spec_is_reset_then_started_anew() {
+    let mut r = running_reconciler(
+        "web",
+        RestartPolicy {
+            initial: Duration::ZERO,
+            ..RestartPolicy::default()
+        },
+        7,
+    );
+    // The failed unit carries an older spec (e.g. adopted after a reload): never reuse it.
+    let stale = obs_of(&[(
+        "web",
+        UnitPhase::Failed(ExitReason::Signal(9)),
+        Some("h-old".into()),
+    )]);
+    let p = r.plan(&stale, t(10));
+    assert_eq!(p.actions, [reset_of("web")]);
+    assert_eq!(r.plan(&Observed::new(), t(10)).actions, [start_of("web")]);
+}
+
+#[test]
+fn a_restart_in_place_that_never_activates_counts_as_a_failure() {
+    let policy = RestartPolicy {
+        initial: Duration::ZERO,
+        ..RestartPolicy::default()
+    };
+    let mut r = running_reconciler("web", policy, 7);
+    let failed = obs_of(&[(
+        "web",
+        UnitPhase::Failed(ExitReason::Signal(9)),
+        Some("h-web".into()),
+    )]);
+    assert_eq!(r.plan(&failed, t(10)).actions, [restart_of("web")]);
+    // Nothing moves (say systemd coalesced activating → failed into one unchanged state).
+    let p = r.plan(&failed, t(39));
+    assert!(p.actions.is_empty() && p.events.is_empty(), "{p:?}");
+    assert_eq!(p.next_wakeup, Some(t(40)));
+    let p = r.plan(&failed, t(40));
+    assert!(p.events.contains(&Event::Crashed {
+        service: "web".into(),
+        reason: ExitReason::StartFailed("the unit did not start again within 30s".into())
+    }));
+    assert_eq!(r.service_status("web").unwrap().recent_failures, 2);
+    // Zero backoff: restarted in place again at once, in the same plan.
+    assert_eq!(p.actions, [restart_of("web")]);
+}
+
+#[test]
+fn a_restarted_run_that_ends_unseen_is_a_new_failure_at_once() {
+    let policy = RestartPolicy {
+        initial: Duration::ZERO,
+        ..RestartPolicy::default()
+    };
+    let mut r = running_reconciler("web", policy, 7);
+    let ended = |run: u64| -> Observed {
+        let mut o = unit_obs(
+            "web",
+            UnitPhase::Failed(ExitReason::Signal(9)),
+            Some("h-web"),
+        );
+        o.run = run;
+        [(unit_name("web"), o)].into_iter().collect()
+    };
+    assert_eq!(r.plan(&ended(1), t(10)).actions, [restart_of("web")]);
+    // The same run's end seen again: nothing new.
+    let p = r.plan(&ended(1), t(11));
+    assert!(p.actions.is_empty() && p.events.is_empty(), "{p:?}");
+    // systemd reports failed → failed for the restarted run (killed while activating): its
+    // start stamp differs, so it is a new crash now, not after the 30 s start timeout.
+    let p = r.plan(&ended(2), t(12));
+    assert!(p.events.contains(&Event::Crashed {
+        service: "web".into(),
+        reason: ExitReason::Signal(9)
+    }));
+    assert_eq!(p.actions, [restart_of("web")]);
+    assert_eq!(r.service_status("web").unwrap().recent_failures, 2);
+}
+
+#[test]
+fn a_rejected_restart_in_place_counts_as_a_failure() {
+    let policy = RestartPolicy {
+        initial: Duration::ZERO,
+        ..RestartPolicy::default()
+    };
+    let mut r = running_reconciler("web", policy, 7);
+    let failed = obs_of(&[(
+        "web",
+        UnitPhase::Failed(ExitReason::Signal(9)),
+        Some("h-web".into()),
+    )]);
+    assert_eq!(r.plan(&failed, t(10)).actions, [restart_of("web")]);
+    r.start_failed("web", "Unit strata-web.service is masked", t(10))
+        .expect("restart in flight");
+    let st = r.service_status("web").unwrap();
+    assert_eq!(st.recent_failures, 2);
+    assert_eq!(
+        st.last_exit,
+        Some(ExitReason::StartFailed(
+            "Unit strata-web.service is masked".into()
+        ))
+    );
+}
+
+#[test]
+fn zero_backoff_restarts_the_failed_unit_in_the_same_plan() {
     let policy = RestartPolicy {
         initial: Duration::ZERO,
         ..RestartPolicy::default()
@@ -381,8 +498,7 @@ fn zero_backoff_resets_the_failed_unit_in_the_same_plan() {
         Some("h-web".into()),
     )]);
     let p = r.plan(&failed, t(10));
-    assert_eq!(p.actions, [reset_of("web")]);
-    assert_eq!(r.plan(&Observed::new(), t(10)).actions, [start_of("web")]);
+    assert_eq!(p.actions, [restart_of("web")]);
 }
 
 #[test]
@@ -443,8 +559,7 @@ fn clean_exit_stays_exited_until_an_operator_starts_it() {
     assert_eq!(state(&r, "web"), StateKind::Exited);
     assert_eq!(r.plan(&Observed::new(), t(500)), Plan::default());
     r.start("web", t(600)).expect("declared");
-    assert_eq!(r.plan(&exited, t(600)).actions, [reset_of("web")]);
-    assert_eq!(r.plan(&Observed::new(), t(601)).actions, [start_of("web")]);
+    assert_eq!(r.plan(&exited, t(600)).actions, [restart_of("web")]);
     // A unit that vanishes without failing (stopped outside Strata) is exited too.
     let mut r = running_reconciler("web", RestartPolicy::default(), 1);
     assert!(r.plan(&Observed::new(), t(5)).actions.is_empty());
@@ -516,8 +631,7 @@ fn operator_restart_stops_and_starts_without_counting_a_failure() {
         UnitPhase::Failed(ExitReason::ExitCode(143)),
         Some("h-web".into()),
     )]);
-    assert_eq!(r.plan(&failed, t(2)).actions, [reset_of("web")]);
-    assert_eq!(r.plan(&Observed::new(), t(2)).actions, [start_of("web")]);
+    assert_eq!(r.plan(&failed, t(2)).actions, [restart_of("web")]);
     let st = r.service_status("web").unwrap();
     assert_eq!((st.recent_failures, st.restarts, st.attempt), (0, 0, 0));
     // Restart of a start in flight is a no-op.
@@ -732,8 +846,7 @@ fn scenario_backoff_quarantine_release() {
             );
             delays.push(delay);
             now = until;
-            assert_eq!(r.plan(&fail, now).actions, [reset_of("web")]);
-            assert_eq!(r.plan(&Observed::new(), now).actions, [start_of("web")]);
+            assert_eq!(r.plan(&fail, now).actions, [restart_of("web")]);
             r.plan(&obs_of(&[running("web")]), now);
             now = now.saturating_add(Duration::from_secs(1));
         }
@@ -775,8 +888,7 @@ fn scenario_backoff_quarantine_release() {
     r.release("web", later).expect("quarantined");
     let st = r.service_status("web").unwrap();
     assert_eq!((st.recent_failures, st.attempt), (0, 0));
-    assert_eq!(r.plan(&fail, later).actions, [reset_of("web")]);
-    assert_eq!(r.plan(&Observed::new(), later).actions, [start_of("web")]);
+    assert_eq!(r.plan(&fail, later).actions, [restart_of("web")]);
     r.plan(&obs_of(&[running("web")]), later);
     // The next failure starts a fresh history: attempt 1, not quarantine again.
     let again = later.saturating_add(Duration::from_secs(1));

@@ -24,7 +24,8 @@ pub struct CallArgs {
     pub method: String,
     /// The params, a JSON object (default `{}`).
     pub params: Option<String>,
-    /// The capability token sent in `auth.token`.
+    /// The capability token sent in `auth.token`. Without one, inside a service that declares
+    /// `call:<service>`, the token systemd delivered as its credential is used.
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The runtime directory holding the sockets.
@@ -47,7 +48,7 @@ pub struct CallArgs {
 /// The subcommands strata-ctl knows: an argument equal to one of these is never a method.
 const SUBCOMMANDS: &[&str] = &[
     "check", "status", "start", "stop", "restart", "release", "reload", "logs", "events", "call",
-    "audit", "token", "help",
+    "audit", "token", "metrics", "help",
 ];
 
 fn is_method(arg: &str) -> bool {
@@ -165,7 +166,18 @@ pub fn run(args: &CallArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("calling {}", args.method))?;
         let mut req = Request::new(client.next_req_id(), args.method.clone());
-        req.token = args.token.clone().filter(|t| !t.is_empty());
+        req.token = match args.token.clone().filter(|t| !t.is_empty()) {
+            Some(t) => Some(t),
+            None => {
+                let service = service_of(&args.method);
+                let delivered = strata_services::bootstrap::call_token(service)
+                    .with_context(|| format!("reading the delivered token for `{service}`"))?;
+                if delivered.is_some() && args.verbose {
+                    eprintln!("strata-ctl: using the token delivered for call:{service}");
+                }
+                delivered
+            }
+        };
         req.params = params;
         client
             .send(&req)

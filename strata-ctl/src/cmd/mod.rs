@@ -3,5 +3,6 @@
 pub mod audit;
 pub mod call;
 pub mod check;
+pub mod metrics;
 pub mod service;
 pub mod token;

@@ -48,7 +48,7 @@ pub enum Verb {
     Release,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -56,7 +56,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Connects to the supervisor; an unreachable supervisor is reported with what to check.
-async fn connect() -> Result<Supervisor1Proxy<'static>, ExitCode> {
+pub(crate) async fn connect() -> Result<Supervisor1Proxy<'static>, ExitCode> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("strata-ctl: {what}: {e}");
         eprintln!("hint: is strata-supervisor running? `systemctl status strata-supervisor`");
@@ -72,7 +72,7 @@ async fn connect() -> Result<Supervisor1Proxy<'static>, ExitCode> {
 }
 
 /// Reports a refused or failed D-Bus call and picks the exit status.
-fn refused(what: &str, e: &zbus::Error) -> ExitCode {
+pub(crate) fn refused(what: &str, e: &zbus::Error) -> ExitCode {
     match e {
         zbus::Error::MethodError(name, msg, _) => {
             let msg = msg.as_deref().unwrap_or("");

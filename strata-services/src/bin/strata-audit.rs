@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use strata_services::audit::{AuditService, own_sink};
 use strata_services::bootstrap::{init_logging, listen_path, shutdown_signal, start_verifier};
-use strata_services::ipc::{ServerConfig, bind, serve};
+use strata_services::ipc::{ServerConfig, ServiceMetrics, bind, serve};
 
 /// The Strata audit service.
 #[derive(Debug, Parser)]
@@ -57,9 +57,15 @@ async fn main() -> anyhow::Result<()> {
     let socket = listen_path(&args.runtime_dir, "audit");
     let listener = bind(&socket).with_context(|| format!("listening on {}", socket.display()))?;
     tracing::info!(STRATA_EVENT = "service.ready", socket = %socket.display(), "audit serving");
+    strata_services::bootstrap::notify_ready("audit serving");
     let shutdown = shutdown_signal("audit").context("installing signal handlers")?;
     let server = ServerConfig {
         max_connections: args.max_connections,
+        // The verifier counts its denials in the registry served on `audit.metrics`.
+        metrics: Some(ServiceMetrics::new(
+            "audit",
+            Arc::clone(setup.verifier.metrics()),
+        )),
         ..ServerConfig::default()
     };
     serve(listener, audit, server, shutdown).await;

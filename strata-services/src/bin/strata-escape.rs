@@ -20,14 +20,14 @@
 //!   write VALUE, e.g. a sysctl under /proc/sys.
 
 use std::ffi::CString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
-use strata_services::errno::errno_name;
+use strata_services::errno::{errno_name, read_path as read};
 
 /// Where a service would find the system bus (D-Bus's default address).
 const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
@@ -60,15 +60,6 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
-    }
-}
-
-fn read(path: &Path) -> io::Result<()> {
-    if path.is_dir() {
-        std::fs::read_dir(path)?.try_for_each(|entry| entry.map(drop))
-    } else {
-        let mut buf = Vec::new();
-        std::fs::File::open(path)?.read_to_end(&mut buf).map(drop)
     }
 }
 

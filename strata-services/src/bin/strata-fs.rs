@@ -11,7 +11,7 @@ use strata_services::bootstrap::{
     init_logging, listen_path, shutdown_signal, start_audit_sender, start_verifier,
 };
 use strata_services::fs::{DEFAULT_MAX_PER_CAP, DEFAULT_MAX_TOTAL, FsConfig, FsService};
-use strata_services::ipc::{ServerConfig, bind, serve};
+use strata_services::ipc::{ServerConfig, ServiceMetrics, bind, serve};
 
 /// The Strata fs service.
 #[derive(Debug, Parser)]
@@ -83,9 +83,15 @@ async fn main() -> anyhow::Result<()> {
     let listener = bind(&socket).with_context(|| format!("listening on {}", socket.display()))?;
     tracing::info!(STRATA_EVENT = "service.ready", socket = %socket.display(),
         roots = ?args.roots, writable = args.writable, "fs serving");
+    strata_services::bootstrap::notify_ready("fs serving");
     let shutdown = shutdown_signal("fs").context("installing signal handlers")?;
     let server = ServerConfig {
         max_connections: args.max_connections,
+        // The verifier counts its denials in the registry served on `fs.metrics`.
+        metrics: Some(ServiceMetrics::new(
+            "fs",
+            Arc::clone(setup.verifier.metrics()),
+        )),
         ..ServerConfig::default()
     };
     serve(listener, fs, server, shutdown).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use strata_services::identity::{ADMIN_GROUP, Identity, IdentityConfig};
-use strata_services::ipc::{ServerConfig, bind, serve};
+use strata_services::ipc::{ServerConfig, ServiceMetrics, bind, serve};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The Strata identity service.
@@ -89,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = bind(&socket).with_context(|| format!("listening on {}", socket.display()))?;
     tracing::info!(STRATA_EVENT = "service.ready", socket = %socket.display(),
         public = %identity.public_key(), "identity serving");
+    strata_services::bootstrap::notify_ready("identity serving");
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let shutdown = async move {
@@ -100,6 +101,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let server = ServerConfig {
         max_connections: args.max_connections,
+        metrics: Some(
+            ServiceMetrics::new("identity", Arc::clone(identity.metrics()))
+                .with_admin_group(identity.admin_group()),
+        ),
         ..ServerConfig::default()
     };
     serve(listener, Arc::new(identity), server, shutdown).await;

@@ -7,13 +7,13 @@
 //! and wait; a non-zero exit prints `exit=N`), `caps` (prints the capability sets, always ok),
 //! `env NAME` (prints `NAME=value` or `NAME unset`). Usage errors exit 2.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use caps::CapSet;
-use strata_services::errno::errno_name;
+use strata_services::errno::{errno_name, read_path as read};
 
 fn outcome(result: io::Result<()>) -> ExitCode {
     match result {
@@ -28,15 +28,6 @@ fn outcome(result: io::Result<()>) -> ExitCode {
             }
             ExitCode::from(1)
         }
-    }
-}
-
-fn read(path: &Path) -> io::Result<()> {
-    if path.is_dir() {
-        std::fs::read_dir(path)?.try_for_each(|entry| entry.map(drop))
-    } else {
-        let mut buf = Vec::new();
-        std::fs::File::open(path)?.read_to_end(&mut buf).map(drop)
     }
 }
 

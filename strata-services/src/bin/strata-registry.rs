@@ -10,7 +10,7 @@ use clap::Parser;
 use strata_services::bootstrap::{
     init_logging, listen_path, shutdown_signal, start_audit_sender, start_verifier,
 };
-use strata_services::ipc::{ServerConfig, bind, serve};
+use strata_services::ipc::{ServerConfig, ServiceMetrics, bind, serve};
 use strata_services::registry::Registry;
 
 /// The Strata registry service.
@@ -66,9 +66,15 @@ async fn main() -> anyhow::Result<()> {
     let listener = bind(&socket).with_context(|| format!("listening on {}", socket.display()))?;
     tracing::info!(STRATA_EVENT = "service.ready", socket = %socket.display(),
         services = registry.entries().len(), "registry serving");
+    strata_services::bootstrap::notify_ready("registry serving");
     let shutdown = shutdown_signal("registry").context("installing signal handlers")?;
     let server = ServerConfig {
         max_connections: args.max_connections,
+        // The verifier counts its denials in the registry served on `registry.metrics`.
+        metrics: Some(ServiceMetrics::new(
+            "registry",
+            Arc::clone(setup.verifier.metrics()),
+        )),
         ..ServerConfig::default()
     };
     serve(listener, Arc::new(registry), server, shutdown).await;

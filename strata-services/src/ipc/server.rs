@@ -6,6 +6,10 @@
 //! left incomplete past the read timeout, or a frame cut by EOF gets one error response
 //! (`req_id` empty) and then a deliberate close. Idle connections are closed after the idle
 //! timeout. Over the connection limit a client gets `UNAVAILABLE` and is closed.
+//!
+//! With [`ServerConfig::metrics`] set, the server observes `request_latency_seconds{method}`
+//! around every handler call, counts refused input and connections in `rejected_total{reason}`,
+//! and answers `<service>.metrics` itself (see [`super::metrics`]).
 
 use std::future::{Future, ready};
 use std::io;
@@ -19,12 +23,19 @@ use std::time::Duration;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
-use strata_core::protocol::{FrameDecoder, FrameError, Request, Response, RpcError, parse_request};
+use strata_core::protocol::{
+    Code, FrameDecoder, FrameError, Request, Response, RpcError, parse_request,
+};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
+
+use super::metrics::{
+    REASON_CONNECTION_LIMIT, REASON_FRAME_TOO_LARGE, REASON_INCOMPLETE_FRAME,
+    REASON_INVALID_REQUEST, REASON_UNKNOWN_METHOD, ServiceMetrics,
+};
 
 /// Credentials of the connected process (SO_PEERCRED, taken when it connected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +74,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Time allowed to write a batch of responses.
     pub write_timeout: Duration,
+    /// Where request latencies and refusals are counted, and the `<service>.metrics` method
+    /// that serves them (None: no metrics, no such method).
+    pub metrics: Option<ServiceMetrics>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +87,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
+            metrics: None,
         }
     }
 }
@@ -204,6 +219,7 @@ async fn refuse(mut stream: UnixStream, config: &ServerConfig) {
         max = config.max_connections,
         "connection limit reached, refusing a client"
     );
+    reject(config, REASON_CONNECTION_LIMIT);
     let resp = Response::err(
         "",
         RpcError::unavailable(format!(
@@ -218,13 +234,32 @@ async fn refuse(mut stream: UnixStream, config: &ServerConfig) {
 
 type InFlight<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
 
-async fn dispatch<H: Handler>(handler: &H, peer: &Peer, req: Request) -> Response {
+/// Counts one refusal, when the server keeps metrics.
+fn reject(config: &ServerConfig, reason: &str) {
+    if let Some(m) = &config.metrics {
+        m.registry().record_rejected(reason);
+    }
+}
+
+async fn dispatch<H: Handler>(
+    handler: &H,
+    peer: &Peer,
+    req: Request,
+    metrics: Option<&ServiceMetrics>,
+) -> Response {
     let req_id = req.req_id.clone();
     let method = req.method.clone();
-    match AssertUnwindSafe(handler.handle(peer, req))
-        .catch_unwind()
-        .await
-    {
+    // One clock read and one short lock per request: nothing is allocated for it.
+    let started = metrics.map(|_| std::time::Instant::now());
+    let outcome = match metrics {
+        Some(m) if method == m.method() => Ok(m.answer(peer).await),
+        _ => {
+            AssertUnwindSafe(handler.handle(peer, req))
+                .catch_unwind()
+                .await
+        }
+    };
+    let resp = match outcome {
         Ok(Ok(result)) => Response::ok(req_id, result),
         Ok(Err(e)) => Response::err(req_id, e),
         Err(_) => {
@@ -234,7 +269,11 @@ async fn dispatch<H: Handler>(handler: &H, peer: &Peer, req: Request) -> Respons
                 RpcError::internal(format!("the handler of {method} failed unexpectedly")),
             )
         }
+    };
+    if let (Some(m), Some(started)) = (metrics, started) {
+        m.registry().observe_latency(&method, started.elapsed());
     }
+    resp
 }
 
 async fn write_all_timeout(
@@ -269,6 +308,22 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: &Se
     };
     let (mut rd, mut wr) = stream.split();
     let peer = &peer;
+    let metrics = config.metrics.as_ref();
+    // The handler's methods, plus `<service>.metrics` when the server serves it (built once
+    // per connection, not per request).
+    let with_metrics: Vec<&str>;
+    let methods: &[&str] = match metrics {
+        Some(m) => {
+            with_metrics = handler
+                .methods()
+                .iter()
+                .copied()
+                .chain([m.method()])
+                .collect();
+            &with_metrics
+        }
+        None => handler.methods(),
+    };
     let mut decoder = FrameDecoder::new();
     let mut inflight: FuturesOrdered<InFlight<'_>> = FuturesOrdered::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -284,11 +339,21 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: &Se
             match decoder.next_frame() {
                 Ok(Some(payload)) => {
                     last_activity = Instant::now();
-                    match parse_request(payload, handler.methods()) {
-                        Ok(req) => inflight.push_back(Box::pin(dispatch(handler, peer, req))),
+                    match parse_request(payload, methods) {
+                        Ok(req) => {
+                            inflight.push_back(Box::pin(dispatch(handler, peer, req, metrics)));
+                        }
                         Err(e) => {
                             tracing::warn!(uid = peer.uid, pid = ?peer.pid, error = %e.error,
                                 "malformed request");
+                            reject(
+                                config,
+                                if e.error.code == Code::NotFound {
+                                    REASON_UNKNOWN_METHOD
+                                } else {
+                                    REASON_INVALID_REQUEST
+                                },
+                            );
                             inflight.push_back(Box::pin(ready(e.into_response())));
                         }
                     }
@@ -296,6 +361,7 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: &Se
                 Ok(None) => break,
                 Err(FrameError::TooLarge { length, limit }) => {
                     tracing::warn!(uid = peer.uid, pid = ?peer.pid, length, "oversized frame");
+                    reject(config, REASON_FRAME_TOO_LARGE);
                     fatal = Some(
                         RpcError::invalid_argument(format!(
                             "frame length {length} exceeds the limit of {limit} bytes; closing the connection"
@@ -312,6 +378,7 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: &Se
             (true, started) => started,
         };
         if eof && fatal.is_none() && decoder.is_mid_frame() && !decoder.is_poisoned() {
+            reject(config, REASON_INCOMPLETE_FRAME);
             fatal = Some(RpcError::invalid_argument(format!(
                 "connection closed in the middle of a frame ({} bytes received)",
                 decoder.pending()
@@ -374,6 +441,7 @@ async fn connection<H: Handler>(mut stream: UnixStream, handler: &H, config: &Se
             () = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                 if frame_started.is_some() {
                     tracing::warn!(uid = peer.uid, pid = ?peer.pid, "read timeout in the middle of a frame");
+                    reject(config, REASON_INCOMPLETE_FRAME);
                     fatal = Some(RpcError::invalid_argument(format!(
                         "incomplete frame: {} bytes received, the rest did not arrive within {:?}; closing the connection",
                         decoder.pending(),

@@ -13,6 +13,7 @@ use strata_core::manifest::CoreService;
 use strata_systemd::control::{
     AdminPolicy, BUS_NAME, ControlRequest, DEFAULT_ADMIN_GROUP, OBJECT_PATH, SupervisorInterface,
 };
+use strata_systemd::control_v1::{SocketConfig, SupervisorSocket};
 use strata_systemd::supervisor::publish::BusPublisher;
 use strata_systemd::supervisor::{
     LaunchSettings, NodeHooks, QuarantineStore, Signal, Supervisor, SupervisorConfig, load_manifest,
@@ -71,7 +72,11 @@ async fn main() -> Result<()> {
     match run(args).await {
         Ok(()) => Ok(()),
         Err(e) => {
-            tracing::error!(STRATA_EVENT = "supervisor.failed", "{e:#}");
+            tracing::error!(
+                STRATA_EVENT = "supervisor.failed",
+                "{}",
+                strata_core::report::error_chain(e.as_ref())
+            );
             Err(e)
         }
     }
@@ -91,10 +96,11 @@ async fn run(args: Args) -> Result<()> {
         .context("cannot connect to systemd")?;
     let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
     let iface = SupervisorInterface::new(
-        control_tx,
+        control_tx.clone(),
         AdminPolicy::resolve(&args.admin_group),
         manifest.node.id.clone(),
-    );
+    )
+    .with_driver_metrics(driver.metrics());
     let conn = zbus::connection::Builder::system()
         .context("cannot reach the system bus")?
         .name(BUS_NAME)?
@@ -105,6 +111,14 @@ async fn run(args: Args) -> Result<()> {
             format!("cannot own {BUS_NAME} on the system bus (is the D-Bus policy installed?)")
         })?;
     let publisher = BusPublisher::new(&conn)?;
+    // Protocol v1 on <runtime_dir>/supervisor.sock, bound once the bus name is ours (so no other
+    // supervisor runs), feeding the same control channel as the D-Bus interface.
+    let v1 = SupervisorSocket::start(
+        SocketConfig::from_manifest(&manifest, &args.admin_group),
+        control_tx,
+    )
+    .context("cannot serve protocol v1 on the supervisor socket")?;
+    let publisher = v1.tap(publisher);
 
     let config = SupervisorConfig {
         manifest_path: args.config.clone(),
@@ -141,7 +155,9 @@ async fn run(args: Args) -> Result<()> {
         manifest.all_services().len(),
         args.config.display()
     );
-    supervisor.run(control_rx, sig_rx).await?;
+    let ended = supervisor.run(control_rx, sig_rx).await;
+    v1.shutdown().await;
+    ended?;
     Ok(())
 }
 

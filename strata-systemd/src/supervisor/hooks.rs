@@ -40,6 +40,42 @@ impl Hooks for NoHooks {
     async fn running(&mut self, _service: &str, _running: &[String]) {}
 }
 
+/// A core service listens in its own RuntimeDirectory (`<runtime_dir>/<svc>/<svc>.sock`,
+/// created by systemd for its dynamic user); clients use the documented
+/// `<runtime_dir>/<svc>.sock` (and identity's `identity.pub`): symlinks that the supervisor
+/// (root) puts in place before the core service starts. Does nothing for a user service.
+pub fn link_core_endpoints(runtime_dir: &Path, service: &str) -> Result<(), String> {
+    if CoreService::from_name(service).is_none() {
+        return Ok(());
+    }
+    link(runtime_dir, service, &format!("{service}.sock"))?;
+    if service == CoreService::Identity.name() {
+        link(runtime_dir, service, "identity.pub")?;
+    }
+    Ok(())
+}
+
+/// `<runtime_dir>/<file>` → `<service>/<file>` (relative, so it holds from any mount view).
+fn link(runtime_dir: &Path, service: &str, file: &str) -> Result<(), String> {
+    let link = runtime_dir.join(file);
+    let target = PathBuf::from(service).join(file);
+    let err = |e: std::io::Error| {
+        format!(
+            "cannot link {} to {}: {e}",
+            link.display(),
+            target.display()
+        )
+    };
+    std::fs::create_dir_all(runtime_dir).map_err(err)?;
+    match std::fs::read_link(&link) {
+        Ok(existing) if existing == target => return Ok(()),
+        Ok(_) => std::fs::remove_file(&link).map_err(err)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => std::fs::remove_file(&link).map_err(err)?,
+    }
+    std::os::unix::fs::symlink(&target, &link).map_err(err)
+}
+
 /// The production hooks: tokens from identity, registration with the registry.
 #[derive(Debug, Clone)]
 pub struct NodeHooks {
@@ -100,30 +136,6 @@ impl NodeHooks {
         Ok(())
     }
 
-    /// A core service listens in its own RuntimeDirectory (`<runtime_dir>/<svc>/<svc>.sock`,
-    /// created by systemd for its dynamic user); clients use the documented
-    /// `<runtime_dir>/<svc>.sock` (and identity's `identity.pub`), symlinks the supervisor
-    /// (root) keeps in place.
-    fn link(&self, service: &str, file: &str) -> Result<(), String> {
-        let link = self.runtime_dir.join(file);
-        let target = PathBuf::from(service).join(file);
-        let err = |e: std::io::Error| {
-            format!(
-                "cannot link {} to {}: {e}",
-                link.display(),
-                target.display()
-            )
-        };
-        std::fs::create_dir_all(&self.runtime_dir).map_err(err)?;
-        match std::fs::read_link(&link) {
-            Ok(existing) if existing == target => return Ok(()),
-            Ok(_) => std::fs::remove_file(&link).map_err(err)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(_) => std::fs::remove_file(&link).map_err(err)?,
-        }
-        std::os::unix::fs::symlink(&target, &link).map_err(err)
-    }
-
     async fn register(&self, service: &str) -> Result<(), String> {
         let mut registry = self.client("registry").await?;
         let endpoint = format!("unix://{}", self.socket(service).display());
@@ -141,12 +153,7 @@ impl NodeHooks {
 
 impl Hooks for NodeHooks {
     async fn before_start(&mut self, spec: &UnitSpec) -> Result<(), String> {
-        if CoreService::from_name(&spec.service).is_some() {
-            self.link(&spec.service, &format!("{}.sock", spec.service))?;
-        }
-        if spec.service == CoreService::Identity.name() {
-            self.link("identity", "identity.pub")?;
-        }
+        link_core_endpoints(&self.runtime_dir, &spec.service)?;
         for prop in &spec.properties {
             let PropValue::Credentials(creds) = &prop.value else {
                 continue;

@@ -24,7 +24,7 @@ use crate::control::{ControlError, ControlRequest, ServiceInfo};
 use crate::driver::{DriverEvent, UnitDriver};
 
 pub use desired::{DesiredError, LaunchSettings, desired_from_manifest, load_manifest};
-pub use hooks::{Hooks, NoHooks, NodeHooks};
+pub use hooks::{Hooks, NoHooks, NodeHooks, link_core_endpoints};
 pub use publish::{Published, Publisher, RecordingPublisher};
 pub use store::{QuarantineStore, StoreError};
 
@@ -245,17 +245,31 @@ impl<D: UnitDriver, P: Publisher, H: Hooks> Supervisor<D, P, H> {
 
     /// Carries out one action; returns whether a start was rejected.
     async fn execute(&mut self, action: Action, now: Timestamp) -> bool {
+        let in_place = matches!(action, Action::Restart(_));
         match action {
-            Action::Start(spec) => {
+            Action::Start(spec) | Action::Restart(spec) => {
                 tracing::info!(
                     STRATA_SERVICE = spec.service.as_str(),
-                    STRATA_EVENT = "unit.start",
+                    STRATA_EVENT = if in_place {
+                        "unit.restart"
+                    } else {
+                        "unit.start"
+                    },
                     unit = spec.unit.as_str(),
                     spec_hash = spec.spec_hash.as_str(),
-                    "starting {}",
+                    "{} {}",
+                    if in_place {
+                        "starting again"
+                    } else {
+                        "starting"
+                    },
                     spec.unit
                 );
+                // Tokens are minted for every start: LoadCredential= reads them at each one.
                 let started = match self.hooks.before_start(&spec).await {
+                    Ok(()) if in_place => {
+                        self.driver.restart(&spec).await.map_err(|e| e.to_string())
+                    }
                     Ok(()) => self.driver.start(&spec).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
@@ -517,6 +531,7 @@ fn control_error(e: ReconcileError) -> ControlError {
             name,
             state: state.as_str().to_owned(),
         },
+        ReconcileError::Quarantined { name, reason } => ControlError::Quarantined { name, reason },
         other => ControlError::Failed(other.to_string()),
     }
 }

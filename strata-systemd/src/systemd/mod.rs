@@ -168,6 +168,8 @@ pub struct UnitDetails {
     pub n_restarts: u32,
     pub exec_main_code: i32,
     pub exec_main_status: i32,
+    /// ExecMainStartTimestampMonotonic (the observation's `run`).
+    pub exec_main_start: u64,
     pub control_group: String,
     pub memory_max: u64,
     pub cpu_quota_per_sec_usec: u64,
@@ -202,6 +204,7 @@ impl UnitDetails {
             result: self.result.clone(),
             exec_main_code: self.exec_main_code,
             exec_main_status: self.exec_main_status,
+            exec_main_start: self.exec_main_start,
             main_pid: self.main_pid,
             spec_hash: self.spec_hash.clone(),
             oom_killed: self.oom_killed.unwrap_or(false),
@@ -553,6 +556,10 @@ impl SystemdDriver {
                 s.environment()
             )
             .map_err(read_err)?;
+        let exec_main_start = s
+            .exec_main_start_timestamp_monotonic()
+            .await
+            .map_err(read_err)?;
         Ok(UnitDetails {
             unit: unit.to_owned(),
             load_state,
@@ -563,6 +570,7 @@ impl SystemdDriver {
             n_restarts,
             exec_main_code,
             exec_main_status,
+            exec_main_start,
             control_group,
             memory_max,
             cpu_quota_per_sec_usec,
@@ -651,6 +659,20 @@ impl UnitDriver for SystemdDriver {
 
     async fn start(&self, spec: &UnitSpec) -> Result<(), DriverError> {
         self.start_job(spec).await.map(|_| ())
+    }
+
+    async fn restart(&self, spec: &UnitSpec) -> Result<(), DriverError> {
+        let (m, _) = self.manager_for(&spec.unit).await?;
+        // "replace": like a unit's own Restart=, this start supersedes any job left queued.
+        match m.start_unit(&spec.unit, "replace").await {
+            Ok(_) => Ok(()),
+            // Collected between the observation and now (reset by hand, or GC'd): start anew.
+            Err(e) if is_no_such_unit(&e) => self.start(spec).await,
+            Err(source) => Err(DriverError::StartUnit {
+                unit: spec.unit.clone(),
+                source,
+            }),
+        }
     }
 
     async fn stop(&self, unit: &str) -> Result<(), DriverError> {

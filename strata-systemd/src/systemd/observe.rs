@@ -27,6 +27,8 @@ pub struct RawUnitState {
     pub exec_main_code: i32,
     pub exec_main_status: i32,
     pub main_pid: u32,
+    /// ExecMainStartTimestampMonotonic: when the current (or last) main process started.
+    pub exec_main_start: u64,
     pub spec_hash: Option<String>,
     /// Set when the cgroup v1 memory controller attributed the kill to the OOM killer.
     pub oom_killed: bool,
@@ -66,6 +68,9 @@ impl RawUnitState {
         if let Some(Value::I32(s)) = props.get("ExecMainStatus").map(|v| &**v) {
             self.exec_main_status = *s;
         }
+        if let Some(Value::U64(t)) = props.get("ExecMainStartTimestampMonotonic").map(|v| &**v) {
+            self.exec_main_start = *t;
+        }
         if let Some(env) = strings_prop(props, "Environment") {
             self.spec_hash = spec_hash_from_env(&env);
         }
@@ -78,6 +83,7 @@ impl RawUnitState {
             phase: phase(self),
             main_pid: self.main_pid,
             spec_hash: self.spec_hash.clone(),
+            run: self.exec_main_start,
         }
     }
 

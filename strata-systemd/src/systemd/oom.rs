@@ -10,6 +10,12 @@
 //! the watch only looked after the removal, two signals mean an OOM notification came first
 //! (the event stream then corrects the unit's reason from Signal(9) to OomKill).
 //!
+//! The counter is read through a descriptor of the cgroup directory opened when the watch was
+//! armed, never by path: a unit restarted in place (or by systemd's own Restart=) gets a new
+//! cgroup at the same path at once, and reading that one would take the old cgroup's removal
+//! notification for an OOM notification. Through the old directory's descriptor the read fails
+//! once that cgroup is removed, whatever exists at its path since.
+//!
 //! Limit: an OOM in an ancestor with its own memory limit (a limited `strata.slice`) notifies
 //! every unit below it; a unit notified that way and later SIGKILLed for another reason is
 //! reported as OOM-killed. Strata sets no limit on its slice.
@@ -45,6 +51,9 @@ pub enum OomWatchError {
 
 struct WatchState {
     efd: Arc<AsyncFd<File>>,
+    /// The memory cgroup directory of the watched run (this instance, not its path).
+    memcg: OwnedFd,
+    /// Its path, for messages.
     oom_control: PathBuf,
     notifications: u64,
     confirmed: bool,
@@ -71,7 +80,7 @@ impl WatchState {
         // The counter is read after the eventfd: a removal notification always comes after the
         // directory is gone, so one taken in while the directory still exists is an OOM
         // notification (sent just before the victim is killed and counted).
-        match read_oom_kill(&self.oom_control) {
+        match read_oom_kill_at(&self.memcg) {
             Some(kills) => self.confirmed = kills > 0 || self.notifications > before,
             // The cgroup is gone: its removal accounts for one notification, any other was an
             // OOM notification.
@@ -81,10 +90,18 @@ impl WatchState {
     }
 }
 
-/// The `oom_kill` counter of a v1 `memory.oom_control` file; `None` when it cannot be read
-/// (the cgroup is gone).
-pub fn read_oom_kill(oom_control: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(oom_control).ok()?;
+/// The `oom_kill` counter in `memory.oom_control` of the v1 memory cgroup directory `memcg`;
+/// `None` when it cannot be read (that cgroup is gone).
+pub fn read_oom_kill_at(memcg: &OwnedFd) -> Option<u64> {
+    let fd = rustix::fs::openat(
+        memcg,
+        "memory.oom_control",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut text = String::new();
+    File::from(fd).read_to_string(&mut text).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|n| n.trim().parse().ok())
@@ -117,6 +134,18 @@ impl OomWatch {
     ) -> Result<Self, OomWatchError> {
         let oom_control = memcg.join("memory.oom_control");
         let event_control = memcg.join("cgroup.event_control");
+        let dir = rustix::fs::open(
+            memcg,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| OomWatchError::Open {
+            unit: unit.to_owned(),
+            path: memcg.to_owned(),
+            source: e.into(),
+        })?;
         // SAFETY: eventfd has no memory-safety preconditions; a non-negative return is a new
         // file descriptor that nothing else owns.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -154,6 +183,7 @@ impl OomWatch {
         })?);
         let shared = Arc::new(Mutex::new(WatchState {
             efd: Arc::clone(&efd),
+            memcg: dir,
             oom_control,
             notifications: 0,
             confirmed: false,

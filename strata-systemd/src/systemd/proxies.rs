@@ -51,6 +51,10 @@ pub trait Manager {
         aux: &[AuxUnit<'_>],
     ) -> zbus::Result<OwnedObjectPath>;
 
+    /// Starts a loaded unit (here: a failed transient unit, again); returns the job's path.
+    #[zbus(name = "StartUnit")]
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
     #[zbus(name = "StopUnit")]
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
@@ -136,6 +140,9 @@ pub trait Service {
     /// The exit status or, when killed, the signal number.
     #[zbus(property, name = "ExecMainStatus")]
     fn exec_main_status(&self) -> zbus::Result<i32>;
+
+    #[zbus(property, name = "ExecMainStartTimestampMonotonic")]
+    fn exec_main_start_timestamp_monotonic(&self) -> zbus::Result<u64>;
 
     #[zbus(property, name = "ControlGroup")]
     fn control_group(&self) -> zbus::Result<String>;

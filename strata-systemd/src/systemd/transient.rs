@@ -245,7 +245,8 @@ fn shape(v: &PropValue) -> &'static str {
 
 /// Encodes `spec` for `StartTransientUnit`: ExecStart, Description, Slice, Type (default
 /// `exec`), Restart=no, CollectMode (default `inactive`, so a failed unit stays visible until
-/// reset-failed), every spec property, and `STRATA_SPEC_HASH` in the environment.
+/// reset-failed), StartLimitIntervalUSec (default 0: no systemd start rate limit), every spec
+/// property, and `STRATA_SPEC_HASH` in the environment.
 pub fn encode(spec: &UnitSpec) -> Result<TransientUnit, SpecError> {
     let unit = spec.unit.as_str();
     if !is_strata_unit(unit) {
@@ -291,6 +292,16 @@ pub fn encode(spec: &UnitSpec) -> Result<TransientUnit, SpecError> {
     }
     if !spec.properties.iter().any(|p| p.name == "CollectMode") {
         props.push(("CollectMode".into(), Value::from("inactive")));
+    }
+    // The supervisor restarts a crashed unit in place (StartUnit): systemd's own start rate
+    // limit (5 starts in 10 s by default) would refuse the sixth restart of a crash loop with
+    // "start request repeated too quickly". Backoff and quarantine are the supervisor's.
+    if !spec
+        .properties
+        .iter()
+        .any(|p| p.name == "StartLimitIntervalUSec")
+    {
+        props.push(("StartLimitIntervalUSec".into(), Value::from(0u64)));
     }
 
     let mut env_seen = false;
@@ -658,6 +669,7 @@ mod tests {
             ("Type", "s"),
             ("Restart", "s"),
             ("CollectMode", "s"),
+            ("StartLimitIntervalUSec", "t"),
             ("MemoryMax", "t"),
             ("TasksMax", "t"),
             ("CPUQuotaPerSecUSec", "t"),

@@ -13,16 +13,24 @@ use strata_testkit::{BootOptions, PrivateSystemd};
 
 pub const MANIFEST_PATH: &str = "/run/strata-itest/strata.toml";
 
-/// The `[node]` and disabled core services every test manifest starts with: binaries come from
-/// the cargo build directory bound inside.
-pub fn node_header() -> String {
+/// The `[node]` section of every test manifest: binaries from the cargo build directory bound
+/// inside, state in the namespace's private /var/lib/strata-test.
+pub fn node_section() -> String {
     format!(
         r#"[node]
 id = "itest"
 runtime_dir = "/run/strata"
 state_dir = "/var/lib/strata-test/state"
 binaries_dir = "{bin}"
+"#,
+        bin = strata_testkit::BIN_DIR
+    )
+}
 
+/// `node_section()` and the core services disabled.
+pub fn node_header() -> String {
+    format!(
+        r#"{node}
 [core.identity]
 enable = false
 [core.registry]
@@ -32,7 +40,7 @@ enable = false
 [core.audit]
 enable = false
 "#,
-        bin = strata_testkit::BIN_DIR
+        node = node_section()
     )
 }
 
@@ -60,8 +68,14 @@ pub fn host_bin(name: &str) -> PathBuf {
 
 impl Node {
     pub async fn boot() -> Node {
+        Self::boot_with(BootOptions::new()).await
+    }
+
+    /// Boots with extra options (e.g. `bind_ro` of a namespace-private /etc/group); the
+    /// supervisor's D-Bus policy is always added.
+    pub async fn boot_with(opts: BootOptions) -> Node {
         let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus/org.strata.Supervisor1.conf");
-        let sd = PrivateSystemd::boot_with(BootOptions::new().dbus_policy(policy))
+        let sd = PrivateSystemd::boot_with(opts.dbus_policy(policy))
             .unwrap_or_else(|e| panic!("cannot boot a private systemd: {e}"));
         let bus = zbus::connection::Builder::address(sd.bus_address().as_str())
             .expect("address")
@@ -85,55 +99,21 @@ impl Node {
             .expect("write manifest");
     }
 
-    /// Starts strata-supervisor inside the namespace and waits until it owns its bus name.
+    /// Starts strata-supervisor inside the namespace and waits until it owns its bus name;
+    /// the node keeps the process (see [`Node::spawn_supervisor`] for one the caller owns).
     pub async fn start_supervisor(&mut self) {
-        // Both the launcher and strata-supervisor must be built.
-        host_bin("strata-launch");
-        let dbus = zbus::fdo::DBusProxy::new(&self.bus)
-            .await
-            .expect("dbus proxy");
-        let mut owners = dbus
-            .receive_name_owner_changed_with_args(&[(0, "org.strata.Supervisor1")])
-            .await
-            .expect("subscribe NameOwnerChanged");
-        let child = self
-            .sd
-            .command(self.inside_bin("strata-supervisor"))
-            .args(["--config", MANIFEST_PATH])
-            .env("STRATA_LOG", "debug")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn strata-supervisor");
-        self.supervisor = Some(child);
-        let name = zbus::names::BusName::try_from("org.strata.Supervisor1").expect("name");
-        if !dbus.name_has_owner(name).await.expect("NameHasOwner") {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                while let Some(sig) = owners.next().await {
-                    if sig.args().is_ok_and(|a| a.new_owner.is_some()) {
-                        return;
-                    }
-                }
-            })
-            .await
-            .expect("strata-supervisor did not take its bus name within 20 s");
-        }
+        self.supervisor = Some(self.spawn_supervisor().await);
     }
 
     /// SIGKILLs the supervisor (nsenter runs it as a child, so the kill reaches it through
     /// the nsenter process group).
-    pub fn kill_supervisor(&mut self) {
-        if let Some(mut child) = self.supervisor.take() {
-            // nsenter execs nothing itself: it forks the supervisor. Kill the inner process.
-            let inner = self
-                .sd
-                .command("pkill")
-                .args(["-KILL", "-x", "strata-supervis"])
-                .status();
+    pub async fn kill_supervisor(&mut self) {
+        if let Some(child) = self.supervisor.take() {
+            let exited = self.kill_spawned_supervisor(child).await;
             assert!(
-                inner.is_ok_and(|s| s.success()),
-                "cannot SIGKILL strata-supervisor"
+                exited.is_none(),
+                "strata-supervisor had exited on its own before the kill: {exited:?}"
             );
-            let _ = child.wait();
         }
     }
 
@@ -185,6 +165,23 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Waits until `unit` runs a main process other than `old` (a `MainPID` value), checking
+    /// every 50 ms: the supervisor's restart is asynchronous to the call that asked for it.
+    pub async fn wait_new_main_pid(&self, unit: &str, old: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let pid = self.show(unit, "MainPID");
+            if pid != old && pid != "0" && !pid.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{unit} still has MainPID {pid} (was {old}) after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Loaded units named strata-*.service, with their active state.
     pub fn strata_units(&self) -> Vec<(String, String)> {
         let out = self
@@ -213,5 +210,100 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A supervisor owned by the test rather than by [`Node`]: tests that kill and restart it while
+/// other tasks share the node (the chaos test holds the node in an `Arc`).
+impl Node {
+    /// Starts strata-supervisor like [`Node::start_supervisor`] and hands the process (the
+    /// nsenter that forked it) to the caller. Fails if another supervisor owns the bus name:
+    /// two supervisors at once would be a bug of the test, not a state to test.
+    pub async fn spawn_supervisor(&self) -> Child {
+        host_bin("strata-launch");
+        let dbus = zbus::fdo::DBusProxy::new(&self.bus)
+            .await
+            .expect("dbus proxy");
+        let name =
+            zbus::names::BusName::try_from(strata_systemd::control::BUS_NAME).expect("bus name");
+        assert!(
+            !dbus
+                .name_has_owner(name.clone())
+                .await
+                .expect("NameHasOwner"),
+            "a supervisor already owns {} before this one starts",
+            strata_systemd::control::BUS_NAME
+        );
+        let mut owners = dbus
+            .receive_name_owner_changed_with_args(&[(0, strata_systemd::control::BUS_NAME)])
+            .await
+            .expect("subscribe NameOwnerChanged");
+        let mut child = self
+            .sd
+            .command(self.inside_bin("strata-supervisor"))
+            .args(["--config", MANIFEST_PATH])
+            .env("STRATA_LOG", "debug")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn strata-supervisor");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !dbus
+            .name_has_owner(name.clone())
+            .await
+            .expect("NameHasOwner")
+        {
+            if let Some(status) = child.try_wait().expect("wait for strata-supervisor") {
+                panic!("strata-supervisor exited before taking its bus name: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "strata-supervisor did not take its bus name within 20 s"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), owners.next()).await;
+        }
+        child
+    }
+
+    /// SIGKILLs a supervisor from [`Node::spawn_supervisor`] by its PID (the only child of its
+    /// nsenter), reaps it, and waits until the bus has dropped its name, so the next start
+    /// cannot take the dead one for itself. Returns `Some(status)` when the supervisor had
+    /// already exited on its own (a finding: nothing else stops it), `None` when the kill did.
+    pub async fn kill_spawned_supervisor(
+        &self,
+        mut child: Child,
+    ) -> Option<std::process::ExitStatus> {
+        let nsenter = child.id();
+        let children = std::fs::read_to_string(format!("/proc/{nsenter}/task/{nsenter}/children"))
+            .unwrap_or_default();
+        let exited_by_itself = match children.split_whitespace().next() {
+            Some(pid) => {
+                let killed = std::process::Command::new("kill")
+                    .args(["-KILL", pid])
+                    .status()
+                    .expect("run kill");
+                // A supervisor exiting at this very instant makes kill fail: say so below.
+                let status = child.wait().expect("reap the nsenter of strata-supervisor");
+                (!killed.success()).then_some(status)
+            }
+            None => Some(child.wait().expect("reap the nsenter of strata-supervisor")),
+        };
+        let dbus = zbus::fdo::DBusProxy::new(&self.bus)
+            .await
+            .expect("dbus proxy");
+        let name =
+            zbus::names::BusName::try_from(strata_systemd::control::BUS_NAME).expect("bus name");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while dbus
+            .name_has_owner(name.clone())
+            .await
+            .expect("NameHasOwner")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bus still lists a supervisor 10 s after it was killed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        exited_by_itself
     }
 }
