@@ -36,23 +36,40 @@ pub struct FollowerConfig {
     pub wait: Duration,
     /// First reconnect delay (doubles up to `retry_max`).
     pub retry_min: Duration,
-    /// Longest reconnect delay.
+    /// Longest reconnect delay during the first `fast_for` of an outage.
     pub retry_max: Duration,
+    /// How long after identity went away reconnects stay fast (a restart takes well under it).
+    pub fast_for: Duration,
+    /// Reconnect delay once the outage has lasted `fast_for` (identity stopped, quarantined).
+    pub retry_slow: Duration,
 }
 
 impl FollowerConfig {
-    /// Defaults: 25 s polls, reconnects after 10 ms, then every 25 ms. The reconnect delay is
-    /// how long a revocation made by a restarted identity can go unseen here (identity
-    /// answers the revoke while this follower still waits to reconnect), so it stays short:
-    /// with a 2 s cap, strata-fs accepted revoked tokens for up to 1.9 s after their revoke
-    /// returned (strata-systemd/tests/chaos.rs). A failed connect to a Unix socket costs
-    /// microseconds, and only while identity is down.
+    /// Defaults: 25 s polls, reconnects after 10 ms, then every 25 ms for 10 s, then every
+    /// 500 ms. The reconnect delay is how long a revocation made by a restarted identity can
+    /// go unseen here (identity answers the revoke while this follower still waits to
+    /// reconnect), so it stays short while a restart is likely: with a 2 s cap, strata-fs
+    /// accepted revoked tokens for up to 1.9 s after their revoke returned
+    /// (strata-systemd/tests/chaos.rs). A failed connect to a Unix socket costs microseconds;
+    /// the slow tier only keeps a long outage (identity stopped or quarantined) from waking
+    /// every verifier 40 times a second.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
             wait: Duration::from_secs(25),
             retry_min: Duration::from_millis(10),
             retry_max: Duration::from_millis(25),
+            fast_for: Duration::from_secs(10),
+            retry_slow: Duration::from_millis(500),
+        }
+    }
+
+    /// The delay before the next reconnect, `down_for` into an outage, after `previous`.
+    fn next_retry(&self, previous: Duration, down_for: Duration) -> Duration {
+        if down_for >= self.fast_for {
+            self.retry_slow
+        } else {
+            (previous * 2).min(self.retry_max)
         }
     }
 }
@@ -138,6 +155,9 @@ async fn follow(
     let mut since = 0u64;
     let mut backoff = config.retry_min;
     let mut failures = 0u32;
+    // The start of the current outage: when the follower started, or when a working
+    // connection to identity broke.
+    let mut last_ok = tokio::time::Instant::now();
     let client_config = ClientConfig {
         connect_timeout: Duration::from_secs(2),
         call_timeout: config.wait + Duration::from_secs(5),
@@ -149,7 +169,7 @@ async fn follow(
                 failures += 1;
                 log_failure(failures, &e);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(config.retry_max);
+                backoff = config.next_retry(backoff, last_ok.elapsed());
                 continue;
             }
         };
@@ -226,8 +246,10 @@ async fn follow(
                 let _ = revoked.send(Arc::from(fresh));
             }
         }
+        // The connection broke: identity was reachable until now.
+        last_ok = tokio::time::Instant::now();
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(config.retry_max);
+        backoff = config.next_retry(backoff, last_ok.elapsed());
     }
 }
 
@@ -238,5 +260,32 @@ fn log_failure(failures: u32, e: &ClientError) {
             "cannot reach the identity service to follow revocations");
     } else {
         tracing::debug!(error = %e, failures, "identity still unreachable");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_stay_fast_through_a_restart_and_slow_down_in_a_long_outage() {
+        let c = FollowerConfig::new("/run/strata/identity.sock");
+        let mut delay = c.retry_min;
+        let mut seen = vec![delay];
+        for _ in 0..4 {
+            delay = c.next_retry(delay, Duration::from_millis(200));
+            seen.push(delay);
+        }
+        let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [10, 20, 25, 25, 25]);
+        assert_eq!(
+            c.next_retry(delay, c.fast_for - Duration::from_millis(1)),
+            c.retry_max
+        );
+        assert_eq!(c.next_retry(delay, c.fast_for), c.retry_slow);
+        assert_eq!(
+            c.next_retry(c.retry_slow, Duration::from_secs(3600)),
+            c.retry_slow
+        );
     }
 }
