@@ -9,9 +9,14 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# A fresh machine lacks some of what the tests use (nix-instantiate above all): install only
+# what is missing (Debian packages; nothing when all is present).
+echo "==> test dependencies (scripts/install-test-deps.sh)"
+scripts/install-test-deps.sh
+
 echo "==> nix-instantiate --parse of every .nix file"
 if ! command -v nix-instantiate >/dev/null; then
-    echo "test.sh: nix-instantiate missing: run scripts/install-test-deps.sh" >&2
+    echo "test.sh: nix-instantiate is still missing after scripts/install-test-deps.sh" >&2
     exit 1
 fi
 while IFS= read -r -d '' f; do
