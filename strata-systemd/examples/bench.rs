@@ -22,6 +22,7 @@ use clap::Parser;
 use strata_core::derive::{LaunchConfig, derive_unit, render_property};
 use strata_core::manifest::Manifest;
 use strata_core::observed::UnitPhase;
+use strata_core::unit::UnitSpec;
 use strata_systemd::driver::{DriverEvent, UnitDriver};
 use strata_systemd::systemd::SystemdDriver;
 use strata_testkit::{BIN_DIR, BootOptions, PrivateSystemd};
@@ -124,6 +125,34 @@ impl Bench {
                 }
             }
         }
+    }
+
+    /// `crashes` times: SIGKILL the main process of the active `unit` and time until it is
+    /// active again with a new MainPID (Type=exec: exec'd, sandbox set up). With `restart`,
+    /// this client restarts the failed unit itself (StartUnit) the moment it fails; without,
+    /// whoever owns the unit's restarts (systemd's `Restart=`, the supervisor) does.
+    async fn crash_times(
+        &mut self,
+        unit: &str,
+        crashes: usize,
+        restart: Option<&UnitSpec>,
+    ) -> Result<Vec<f64>> {
+        self.until_active(&BTreeSet::from([unit.to_owned()]), Instant::now())
+            .await?;
+        let mut pid = self.driver.unit_details(unit).await?.main_pid;
+        let mut ms = Vec::new();
+        for _ in 0..crashes {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = Instant::now();
+            self.driver.kill(unit, libc::SIGKILL).await?;
+            if let Some(spec) = restart {
+                self.until_failed(unit).await?;
+                self.driver.restart(spec).await?;
+            }
+            pid = self.until_new_pid(unit, pid).await?;
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(ms)
     }
 
     async fn until_failed(&mut self, unit: &str) -> Result<()> {
@@ -365,22 +394,12 @@ async fn main() -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let mut systemd_ms = Vec::new();
-        let unit = "strata-sysrestart.service".to_owned();
-        b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
+        // All three are timed until the unit is active again with a new MainPID. systemd
+        // announces the new MainPID already at fork, before the namespace setup that
+        // dominates a hardened start, so stopping the clock there would flatter systemd.
+        let mut systemd_ms = b
+            .crash_times("strata-sysrestart.service", crashes, None)
             .await?;
-        // Watched like the other two: until the unit is active again (Type=exec: the new
-        // process has exec'd, its namespace is set up) with a new MainPID. systemd announces
-        // the new MainPID already at fork, before the namespace setup that dominates a
-        // hardened start, so stopping the clock there would flatter systemd by that setup.
-        let mut pid = b.driver.unit_details(&unit).await?.main_pid;
-        for _ in 0..crashes {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let t0 = Instant::now();
-            b.driver.kill(&unit, libc::SIGKILL).await?;
-            pid = b.until_new_pid(&unit, pid).await?;
-            systemd_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
         b.stop_all()?;
 
         // The floor for any supervisor that restarts with StartUnit: a minimal client that
@@ -388,36 +407,12 @@ async fn main() -> Result<()> {
         // Against systemd's own restart it shows what StartUnit on a failed unit costs
         // systemd; against the supervisor, what the supervisor adds.
         b.driver.start(&spec).await?;
-        let unit = spec.unit.clone();
-        b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
-            .await?;
-        let mut pid = b.driver.unit_details(&unit).await?.main_pid;
-        let mut in_place_ms = Vec::new();
-        for _ in 0..crashes {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let t0 = Instant::now();
-            b.driver.kill(&unit, libc::SIGKILL).await?;
-            b.until_failed(&unit).await?;
-            b.driver.restart(&spec).await?;
-            pid = b.until_new_pid(&unit, pid).await?;
-            in_place_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
+        let mut in_place_ms = b.crash_times(&spec.unit, crashes, Some(&spec)).await?;
         b.stop_all()?;
 
         b.write_manifest(&manifest_text1)?;
         let sup = b.spawn_supervisor()?;
-        let unit = spec.unit.clone();
-        b.until_active(&BTreeSet::from([unit.clone()]), Instant::now())
-            .await?;
-        let mut pid = b.driver.unit_details(&unit).await?.main_pid;
-        let mut strata_ms = Vec::new();
-        for _ in 0..crashes {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let t0 = Instant::now();
-            b.driver.kill(&unit, libc::SIGKILL).await?;
-            pid = b.until_new_pid(&unit, pid).await?;
-            strata_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
+        let mut strata_ms = b.crash_times(&spec.unit, crashes, None).await?;
         stop_supervisor(sup)?;
         b.stop_all()?;
         for v in [&mut systemd_ms, &mut in_place_ms, &mut strata_ms] {
