@@ -886,9 +886,13 @@ pub fn authorize(
             run_datalog(ctx, &cached.token, req, path.as_ref(), now_secs)
         {
             if reason == DenyReason::EvaluationTimeout {
-                // Nothing was learned about the token: the next request sees it anew.
-                if let Some(cache) = ctx.cache {
-                    cache.remove(&key);
+                // Nothing was learned about the token. A compiled one whose first-sight
+                // cross-check did not finish is seen anew next time; an opaque one is
+                // evaluated on every request anyway, so its verified entry stays.
+                if !info.opaque {
+                    if let Some(cache) = ctx.cache {
+                        cache.remove(&key);
+                    }
                 }
             } else if !info.opaque {
                 // The compiled view allowed what the engine denies: never trust it again.

@@ -17,7 +17,7 @@ use strata_core::authorize::RevocationSet;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::ipc::{Client, ClientConfig, ClientError};
+use crate::ipc::{Client, ClientConfig};
 
 /// The revocation set shared by a service's handlers and its follower.
 pub type SharedRevocations = Arc<RwLock<RevocationSet>>;
@@ -167,12 +167,15 @@ async fn follow(
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
-                log_failure(failures, &e);
+                log_failure(failures, &e.to_string());
                 tokio::time::sleep(backoff).await;
                 backoff = config.next_retry(backoff, last_ok.elapsed());
                 continue;
             }
         };
+        // Whether this connection delivered anything: one that is accepted and then fails
+        // (identity at its connection limit, a broken answer) does not end the outage.
+        let mut got_batch = false;
         loop {
             // Identity answers at once when it has news beyond `since` (a reconnect catches
             // up immediately); the very first poll never waits, so readiness comes quickly.
@@ -196,11 +199,11 @@ async fn follow(
                 Ok(b) => b,
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(STRATA_EVENT = "revocation.follow_failed", error = %e,
-                        "following revocations failed, reconnecting");
+                    log_failure(failures, &e);
                     break;
                 }
             };
+            got_batch = true;
             if failures > 0 {
                 tracing::info!(
                     STRATA_EVENT = "revocation.follow_resumed",
@@ -246,18 +249,20 @@ async fn follow(
                 let _ = revoked.send(Arc::from(fresh));
             }
         }
-        // The connection broke: identity was reachable until now.
-        last_ok = tokio::time::Instant::now();
+        if got_batch {
+            // The connection broke: identity was reachable until now.
+            last_ok = tokio::time::Instant::now();
+        }
         tokio::time::sleep(backoff).await;
         backoff = config.next_retry(backoff, last_ok.elapsed());
     }
 }
 
-fn log_failure(failures: u32, e: &ClientError) {
+fn log_failure(failures: u32, e: &str) {
     // Loud once, then quiet while identity stays away.
     if failures == 1 {
         tracing::warn!(STRATA_EVENT = "revocation.follow_failed", error = %e,
-            "cannot reach the identity service to follow revocations");
+            "cannot follow revocations from the identity service, reconnecting");
     } else {
         tracing::debug!(error = %e, failures, "identity still unreachable");
     }

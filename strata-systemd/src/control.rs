@@ -157,8 +157,13 @@ fn lookup_gid(group: &str) -> Option<u32> {
 /// The supervisor's metrics in Prometheus text: `service_restarts_total{service}` for every
 /// declared service (the reconciler's count of automatic restarts, 0 included) and
 /// `bus_lagged_total` (systemd events the driver dropped).
-pub fn render_metrics(services: &[ServiceInfo], bus_lagged_total: u64) -> String {
-    let metrics = Metrics::new();
+/// Written into `metrics`, the supervisor's registry, which also holds what `supervisor.sock`
+/// counts (request latencies, `rejected_total{reason}`).
+pub fn render_metrics(
+    metrics: &Metrics,
+    services: &[ServiceInfo],
+    bus_lagged_total: u64,
+) -> String {
     for s in services {
         metrics.set_restarts_total(&s.name, u64::from(s.restarts));
     }
@@ -174,6 +179,8 @@ pub struct SupervisorInterface {
     node_id: String,
     /// The driver's counters, for `Metrics()` (absent: `bus_lagged_total` reads 0).
     driver_metrics: Option<Arc<DriverMetrics>>,
+    /// The supervisor's metrics registry.
+    registry: Arc<Metrics>,
 }
 
 impl SupervisorInterface {
@@ -187,7 +194,15 @@ impl SupervisorInterface {
             policy,
             node_id,
             driver_metrics: None,
+            registry: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Renders `Metrics()` from this registry (shared with `supervisor.sock`).
+    #[must_use]
+    pub fn with_registry(mut self, registry: Arc<Metrics>) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Reports these driver counters (`SystemdDriver::metrics()`) through `Metrics()`.
@@ -318,7 +333,7 @@ impl SupervisorInterface {
             .driver_metrics
             .as_ref()
             .map_or(0, |m| m.bus_lagged_total.load(Ordering::Relaxed));
-        Ok(render_metrics(&services, lagged))
+        Ok(render_metrics(&self.registry, &services, lagged))
     }
 
     #[zbus(property)]
@@ -447,7 +462,7 @@ mod tests {
 
     #[test]
     fn metrics_report_every_service_restart_count_and_the_bus_lag() {
-        let text = render_metrics(&[info("web", 3), info("db", 0)], 7);
+        let text = render_metrics(&Metrics::new(), &[info("web", 3), info("db", 0)], 7);
         let exp = strata_core::metrics::parse_exposition(&text).expect("valid exposition");
         assert_eq!(
             exp.value("service_restarts_total", &[("service", "web")]),

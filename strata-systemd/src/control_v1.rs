@@ -27,10 +27,12 @@ use serde_json::{Value, json};
 use strata_core::authorize::{AuthzEvent, AuthzRequest, Decision, DenyReason};
 use strata_core::capability::check_service_name;
 use strata_core::manifest::{CoreService, Manifest};
+use strata_core::metrics::Metrics;
 use strata_core::protocol::{Request, RpcError};
-use strata_services::audit::sender::{AuditSender, SenderConfig};
-use strata_services::bootstrap::PUBLIC_KEY_FILE;
+use strata_services::audit::sender::AuditSender;
+use strata_services::bootstrap::{BootstrapError, PUBLIC_KEY_FILE, start_audit_sender};
 use strata_services::identity::{Admission, admin_by_credentials};
+use strata_services::ipc::metrics::ServiceMetrics;
 use strata_services::ipc::{BindError, Handler, Peer, ServerConfig, bind, serve, socket_path};
 use strata_services::revocation::{FollowerConfig, RevocationFollower, shared_set};
 use strata_services::verifier::{PublicKeyError, Verifier, read_public_key};
@@ -76,6 +78,9 @@ pub enum SupervisorSocketError {
     /// The socket could not be bound (a live server on it, something else at the path, …).
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The sender of authorization events to audit could not be set up.
+    #[error("cannot set up the audit sender: {0}")]
+    Audit(#[from] BootstrapError),
     /// The freshly bound socket could not be examined.
     #[error("cannot examine the socket {path}: {source}")]
     Stat {
@@ -99,6 +104,9 @@ pub struct SocketConfig {
     pub audit_enabled: bool,
     /// Limits and timeouts of the server.
     pub server: ServerConfig,
+    /// The supervisor's metrics registry (shared with D-Bus `Metrics()`): this endpoint's
+    /// request latencies, refused input and denials (`rejected_total{reason}`) go there.
+    pub metrics: Arc<Metrics>,
 }
 
 impl SocketConfig {
@@ -111,6 +119,7 @@ impl SocketConfig {
             identity_enabled: manifest.core.enabled(CoreService::Identity),
             audit_enabled: manifest.core.enabled(CoreService::Audit),
             server: ServerConfig::default(),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -155,6 +164,7 @@ pub struct SupervisorEndpoint {
     identity_enabled: bool,
     key_path: PathBuf,
     audit: Option<AuditSender>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for SupervisorEndpoint {
@@ -193,6 +203,7 @@ impl SupervisorEndpoint {
             identity_enabled: config.identity_enabled,
             key_path: config.runtime_dir.join(PUBLIC_KEY_FILE),
             audit,
+            metrics: Arc::clone(&config.metrics),
         }
     }
 
@@ -319,6 +330,12 @@ impl SupervisorEndpoint {
     fn deny(&self, peer: &Peer, action: &str, reason: Option<DenyReason>, e: &RpcError) {
         tracing::warn!(STRATA_EVENT = "authz.denied", STRATA_SERVICE = SERVICE, action,
             uid = peer.uid, pid = ?peer.pid, "{}", e.message);
+        let counted = e.details.get("reason").and_then(Value::as_str);
+        self.metrics.record_rejected(
+            counted
+                .or(reason.map(DenyReason::as_str))
+                .unwrap_or("denied"),
+        );
         self.audit(peer, action, Decision::Deny, reason, e.message.clone());
     }
 
@@ -465,6 +482,7 @@ async fn watch_identity_key(
     node_id: String,
     poll: bool,
     audit: Option<AuditSender>,
+    metrics: Arc<Metrics>,
 ) {
     let key_path = runtime_dir.join(PUBLIC_KEY_FILE);
     let mut delay = KEY_POLL_MIN;
@@ -476,7 +494,7 @@ async fn watch_identity_key(
                     FollowerConfig::new(socket_path(&runtime_dir, "identity")),
                     Arc::clone(&set),
                 );
-                let mut verifier = Verifier::new(key, node_id, set);
+                let mut verifier = Verifier::new(key, node_id, set).with_metrics(metrics);
                 if let Some(audit) = &audit {
                     verifier = verifier.with_audit_sink(audit.sink());
                 }
@@ -564,10 +582,7 @@ impl SupervisorSocket {
         let shared = Arc::new(Shared::new());
         let (audit, audit_task) = if config.audit_enabled {
             // The supervisor is uid 0: audit accepts its events without a token.
-            let (sender, task) = AuditSender::spawn(
-                SenderConfig::new(socket_path(&config.runtime_dir, "audit")),
-                SERVICE,
-            );
+            let (sender, task) = start_audit_sender(&config.runtime_dir, SERVICE)?;
             (Some(sender), Some(task))
         } else {
             (None, None)
@@ -578,13 +593,20 @@ impl SupervisorSocket {
             config.node_id.clone(),
             config.identity_enabled,
             audit.clone(),
+            Arc::clone(&config.metrics),
         ));
         let endpoint = SupervisorEndpoint::new(&config, requests, Arc::clone(&shared), audit);
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut server_config = config.server;
+        // Latencies and refused input are counted like every service's, in the registry that
+        // D-Bus `Metrics()` renders (also served here as `supervisor.metrics`, admins only).
+        server_config.metrics = Some(
+            ServiceMetrics::new(SERVICE, config.metrics).with_admin_group(&config.admin_group),
+        );
         let server = tokio::spawn(serve(
             listener,
             Arc::new(endpoint),
-            config.server,
+            server_config,
             async move {
                 // A dropped sender stops the server too.
                 let _ = stopped.await;
@@ -752,6 +774,7 @@ mod tests {
             identity_enabled,
             audit_enabled: false,
             server: ServerConfig::default(),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -899,6 +922,11 @@ mod tests {
             assert_eq!(err.details["reason"], "missing_token");
             assert_eq!(err.details["uid"], 65534);
         }
+        // Every denial is counted in the supervisor's registry (what D-Bus `Metrics()` renders).
+        let counted = strata_core::metrics::parse_exposition(&e.metrics.render())
+            .expect("the registry renders valid text")
+            .value("rejected_total", &[("reason", "missing_token")]);
+        assert_eq!(counted, Some(METHODS.len() as f64));
     }
 
     #[tokio::test]

@@ -238,8 +238,8 @@ pub enum Action {
     /// [`Reconciler::start_failed`].
     Start(Box<UnitSpec>),
     /// Start the unit of the spec again: it is loaded, ended (failed or exited) and carries this
-    /// very spec hash, so systemd already holds these properties (StartUnit instead of
-    /// ResetFailed + StartTransientUnit: the restart skips loading a new transient unit). A
+    /// very spec hash, so the service manager already holds these properties (starting the
+    /// loaded unit instead of clearing it and creating a new one skips loading a unit). A
     /// driver that finds the unit gone meanwhile starts the spec as a new transient unit. A
     /// rejected restart is reported back with [`Reconciler::start_failed`].
     Restart(Box<UnitSpec>),

@@ -16,9 +16,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
+use strata_core::capability::check_service_name;
 use strata_core::manifest::CoreService;
 use strata_core::metrics::merge;
-use strata_services::ipc::{Client, ClientConfig, ClientError};
+use strata_services::ipc::{Client, ClientConfig, ClientError, socket_path};
 
 use super::service::{EXIT_REFUSED, connect, refused, runtime};
 
@@ -85,7 +86,7 @@ pub fn combine(supervisor: &str, services: &[(&str, Scrape)]) -> Result<Combined
 
 /// Calls `<service>.metrics` on `<runtime_dir>/<service>.sock`.
 async fn scrape_service(runtime_dir: &Path, service: &str) -> Scrape {
-    let socket = runtime_dir.join(format!("{service}.sock"));
+    let socket = socket_path(runtime_dir, service);
     let config = ClientConfig {
         connect_timeout: Duration::from_secs(2),
         call_timeout: Duration::from_secs(10),
@@ -110,22 +111,10 @@ async fn scrape_service(runtime_dir: &Path, service: &str) -> Scrape {
     }
 }
 
-/// A service name that stays a file name in the runtime directory.
-fn check_service_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if !ok {
-        bail!("`{name}` is not a service name (lower-case letters, digits, `-`, `_`)");
-    }
-    Ok(())
-}
-
 pub fn run(args: &MetricsArgs) -> Result<ExitCode> {
     if let Some(name) = &args.service {
-        check_service_name(name)?;
+        // The manifest's rule, so that the name is also a safe file name under runtime_dir.
+        check_service_name(name).with_context(|| format!("`{name}` is not a service name"))?;
     }
     runtime()?.block_on(async {
         match args.service.as_deref() {

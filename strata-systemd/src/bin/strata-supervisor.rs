@@ -6,6 +6,7 @@
 //! the next supervisor adopts them (same spec hash) instead of restarting them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -95,12 +96,15 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("cannot connect to systemd")?;
     let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
+    // One registry for both front ends: D-Bus `Metrics()` renders what supervisor.sock counts.
+    let socket_config = SocketConfig::from_manifest(&manifest, &args.admin_group);
     let iface = SupervisorInterface::new(
         control_tx.clone(),
         AdminPolicy::resolve(&args.admin_group),
         manifest.node.id.clone(),
     )
-    .with_driver_metrics(driver.metrics());
+    .with_driver_metrics(driver.metrics())
+    .with_registry(Arc::clone(&socket_config.metrics));
     let conn = zbus::connection::Builder::system()
         .context("cannot reach the system bus")?
         .name(BUS_NAME)?
@@ -113,11 +117,8 @@ async fn run(args: Args) -> Result<()> {
     let publisher = BusPublisher::new(&conn)?;
     // Protocol v1 on <runtime_dir>/supervisor.sock, bound once the bus name is ours (so no other
     // supervisor runs), feeding the same control channel as the D-Bus interface.
-    let v1 = SupervisorSocket::start(
-        SocketConfig::from_manifest(&manifest, &args.admin_group),
-        control_tx,
-    )
-    .context("cannot serve protocol v1 on the supervisor socket")?;
+    let v1 = SupervisorSocket::start(socket_config, control_tx)
+        .context("cannot serve protocol v1 on the supervisor socket")?;
     let publisher = v1.tap(publisher);
 
     let config = SupervisorConfig {
