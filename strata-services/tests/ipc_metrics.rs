@@ -32,6 +32,15 @@ impl Handler for Svc {
     }
 }
 
+/// One length-prefixed JSON frame read from a raw connection.
+async fn read_frame(raw: &mut UnixStream) -> Value {
+    let mut header = [0u8; 4];
+    raw.read_exact(&mut header).await.expect("an answer");
+    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+    raw.read_exact(&mut body).await.expect("the answer's body");
+    serde_json::from_slice(&body).expect("the answer is JSON")
+}
+
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut f = u32::try_from(payload.len())
         .expect("small payload")
@@ -92,8 +101,17 @@ async fn every_request_is_timed_and_every_refusal_counted() {
     // A malformed request on a raw connection: answered, counted, connection kept.
     let mut raw = UnixStream::connect(&sock).await.expect("connect raw");
     raw.write_all(&frame(b"{not json")).await.expect("write");
-    let mut header = [0u8; 4];
-    raw.read_exact(&mut header).await.expect("an answer");
+    let answer = read_frame(&mut raw).await;
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert_eq!(answer["error"]["name"], "INVALID_ARGUMENT", "{answer}");
+    // The connection still serves a well-formed request (counted as the sixth echo).
+    raw.write_all(&frame(
+        br#"{"v":1,"req_id":"r6","method":"svc.echo","params":{"i":6}}"#,
+    ))
+    .await
+    .expect("write");
+    let answer = read_frame(&mut raw).await;
+    assert_eq!(answer["ok"], true, "{answer}");
 
     // Refused to nobody (exact code), then read by root (positive control).
     let denied = call_as_nobody(&sock, "svc.metrics", &json!({}), None);
@@ -102,7 +120,7 @@ async fn every_request_is_timed_and_every_refusal_counted() {
     assert_eq!(denied["error"]["details"]["uid"], 65534, "{denied}");
 
     let exp = scrape(&mut c).await;
-    assert_eq!(count(&exp, "svc.echo"), Some(5.0));
+    assert_eq!(count(&exp, "svc.echo"), Some(6.0));
     assert_eq!(count(&exp, "svc.fail"), Some(2.0));
     assert_eq!(count(&exp, "svc.panic"), Some(1.0));
     // Refused before any handler ran: no latency series of their own.
@@ -124,7 +142,7 @@ async fn every_request_is_timed_and_every_refusal_counted() {
         "request_latency_seconds_bucket",
         &[("method", "svc.echo"), ("le", "+Inf")],
     );
-    assert_eq!(echo_inf, Some(5.0));
+    assert_eq!(echo_inf, Some(6.0));
     let _ = stop.send(());
 }
 

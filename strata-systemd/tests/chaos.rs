@@ -1108,7 +1108,7 @@ async fn chaos_kills_and_revocations_under_load() {
     if converged > Duration::from_secs(5) {
         println!("slow convergence ({converged:?}), on the way: {path:#?}");
     }
-    if let Ok(Some(status)) = supervisor.try_wait() {
+    if let Some(status) = supervisor.try_wait().expect("waiting on the supervisor") {
         panic!("seed {seed}: the last supervisor exited: {status}");
     }
     let orphaned = orphans(&node, &pids);
@@ -1303,5 +1303,9 @@ async fn chaos_kills_and_revocations_under_load() {
         ok > 0 && revoked_denials > 0,
         "seed {seed}: clients saw {ok} successes and {revoked_denials} revoked denials"
     );
-    let _ = node.kill_spawned_supervisor(supervisor).await;
+    let exited = node.kill_spawned_supervisor(supervisor).await;
+    assert!(
+        exited.is_none(),
+        "seed {seed}: the last supervisor exited on its own: {exited:?}"
+    );
 }

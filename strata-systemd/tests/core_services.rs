@@ -672,8 +672,7 @@ async fn registry_survives_restarts_and_audit_detects_tampering() {
         "stat",
     );
     let deadline = Instant::now() + LONG;
-    let verify = loop {
-        let v = ctl.as_root(&["audit", "verify", "--state-dir", STATE_DIR]);
+    loop {
         let tail = ctl.as_root(&[
             "audit",
             "tail",
@@ -684,7 +683,7 @@ async fn registry_survives_restarts_and_audit_detects_tampering() {
             "1000",
         ]);
         if tail.1.contains(&cap_id) && tail.1.contains("action_not_granted") {
-            break v;
+            break;
         }
         assert!(
             Instant::now() < deadline,
@@ -692,7 +691,9 @@ async fn registry_survives_restarts_and_audit_detects_tampering() {
             tail.1
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    // Verified after the records the test waited for are in the log.
+    let verify = ctl.as_root(&["audit", "verify", "--state-dir", STATE_DIR]);
     assert_eq!(verify.0, Some(0), "audit verify: {}{}", verify.1, verify.2);
     let journal = node.sd.journal("strata-audit.service").expect("journal");
     assert!(

@@ -220,8 +220,28 @@ async fn a_failed_unit_restarts_in_place_with_its_properties() {
     assert_eq!((det.memory_max, det.tasks_max), (48 << 20, 8));
     assert_eq!(det.spec_hash.as_deref(), Some("hashagain"));
     assert_eq!(det.phase(), UnitPhase::Running);
-    // On a running unit it changes nothing.
+    // On a running unit it changes nothing: restart() returns once the job is queued, so
+    // watch the unit's events for a while; a restart would show another PID or phase.
     d.restart(&s).await.expect("restart of a running unit");
+    let changed = timeout(Duration::from_millis(1500), async {
+        loop {
+            match rx.recv().await {
+                Some(DriverEvent::Changed(o))
+                    if o.unit == s.unit
+                        && (o.main_pid != second.main_pid || o.phase != UnitPhase::Running) =>
+                {
+                    return Some(o);
+                }
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        changed.is_err(),
+        "restarting a running unit disturbed it: {changed:?}"
+    );
     assert_eq!(details(&d, &s.unit).await.main_pid, second.main_pid);
     // A crash loop: more restarts within 10 s than systemd's default start limit (5) allows.
     // Each end is a plain SIGKILL: the new cgroup at the old path must not make the old

@@ -269,7 +269,13 @@ async fn metrics_count_restarts_denials_and_requests_exactly() {
     // The supervisor's metrics are readable by everyone (D-Bus policy), the services' are not.
     let (code, out, err) = ctl(&node, true, &["metrics", "--service", "supervisor"]);
     assert_eq!(code, Some(0), "{out}{err}");
-    parse_exposition(&out).expect("valid exposition");
+    let supervisor_only = parse_exposition(&out).expect("valid exposition");
+    assert!(
+        supervisor_only
+            .value("service_restarts_total", &[("service", "crasher")])
+            .is_some(),
+        "the supervisor's own text has the restart counts:\n{out}"
+    );
     let (code, out, err) = ctl(&node, true, &["metrics"]);
     assert_eq!(
         code,
@@ -278,6 +284,10 @@ async fn metrics_count_restarts_denials_and_requests_exactly() {
     );
     assert!(err.contains("PERMISSION_DENIED"), "{err}");
     let partial = parse_exposition(&out).expect("valid exposition");
+    assert!(
+        !partial.samples.is_empty(),
+        "the partial scrape still has the supervisor's samples: {out}"
+    );
     assert!(
         partial
             .samples

@@ -252,7 +252,11 @@ async fn every_example_unit_stays_under_its_exposure_ceiling() {
             specs.len(),
             "{example}: the graph orders every unit"
         );
-        for spec in order.iter().filter_map(|name| specs.get(name)) {
+        for spec in order.iter().map(|name| {
+            specs
+                .get(name)
+                .unwrap_or_else(|| panic!("{example}: the graph has {name}, derive_all no spec"))
+        }) {
             driver
                 .start_and_wait(spec)
                 .await

@@ -136,18 +136,20 @@ impl Node {
                 return info;
             }
         }
+        // Ok(true): the signal came; Ok(false): the signal stream ended; Err: timed out.
         let reached = tokio::time::timeout(within, async {
             while let Some(sig) = changes.next().await {
                 let a = sig.args().expect("signal args");
                 if a.name == name && a.new == state {
-                    return;
+                    return true;
                 }
             }
+            false
         })
         .await;
         let info = proxy.get_service(name).await.expect("GetService");
         assert!(
-            reached.is_ok() || info.state == state,
+            matches!(reached, Ok(true)) || info.state == state,
             "{name} did not reach {state} within {within:?}: {info:?}\njournal:\n{}",
             self.sd
                 .journal(&format!("strata-{name}.service"))
