@@ -59,26 +59,38 @@ trap cleanup EXIT
 mkdir -p "$scratch/run" "$scratch/state/audit" "$scratch/data"
 head -c 65536 /dev/urandom >"$scratch/data/file.bin"
 # As deployed: fs verifies with identity's key and ships its decisions to audit.
+# Waits for <runtime>/NAME.sock; fails with the service's log when it does not appear.
+wait_socket() {
+    for _ in $(seq 100); do [ -S "$scratch/run/$1.sock" ] && return 0; sleep 0.1; done
+    cat "$scratch/$1.log" >&2
+    echo "bench: strata-$1 did not come up within 10 s" >&2
+    exit 1
+}
 "$T/strata-identity" --node-id bench --runtime-dir "$scratch/run" --state-dir "$scratch/state" \
     --service fs --service audit >"$scratch/identity.log" 2>&1 &
 pids+=($!)
+wait_socket identity
 "$T/strata-audit" --node-id bench --runtime-dir "$scratch/run" --state-dir "$scratch/state/audit" \
     >"$scratch/audit.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do [ -S "$scratch/run/audit.sock" ] && break; sleep 0.1; done
+wait_socket audit
 "$T/strata-fs" --node-id bench --runtime-dir "$scratch/run" --root "$scratch/data" \
     >"$scratch/fs.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do [ -S "$scratch/run/fs.sock" ] && break; sleep 0.1; done
-[ -S "$scratch/run/fs.sock" ] || { cat "$scratch/identity.log" "$scratch/fs.log" >&2; echo "bench: strata-fs did not come up" >&2; exit 1; }
+wait_socket fs
 token=$("$T/strata-ctl" token issue --runtime-dir "$scratch/run" --service fs \
     --action open --action read --action close --path-prefix "$scratch/data" --ttl 3600 |
     sed -n 's/.*"token": "\([^"]*\)".*/\1/p')
 [ -n "$token" ] || { echo "bench: no token" >&2; exit 1; }
 printf '%8s  %10s  %10s  %10s\n' clients "reads/s" p50 p99
 for n in 1 16 64; do
-    out=$("$T/strata-load" --runtime-dir "$scratch/run" --token "$token" --clients "$n" \
-        --seconds "$load_secs" --size 4096 file.bin)
+    if ! out=$("$T/strata-load" --runtime-dir "$scratch/run" --token "$token" --clients "$n" \
+        --seconds "$load_secs" --size 4096 file.bin); then
+        printf '%s\n' "$out" >&2
+        tail -n 20 "$scratch"/*.log >&2
+        echo "bench: strata-load failed with $n clients" >&2
+        exit 1
+    fi
     field() { tr ' ' '\n' <<<"$out" | sed -n "s/^$1=//p"; }
     printf '%8s  %10s  %8s µs  %8s µs  (errors %s)\n' "$n" "$(field rps)" "$(field p50_us)" \
         "$(field p99_us)" "$(field errors)"

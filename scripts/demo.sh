@@ -35,6 +35,7 @@ if [ "${1-}" = --stop ]; then
             echo "demo: stopped the private systemd $pid (and every unit in it)"
         else
             echo "demo: the private systemd $pid did not stop cleanly (see above)" >&2
+            stop_failed=1
         fi
         rm -f "$STATE/testns.pid"
     fi
@@ -44,7 +45,7 @@ if [ "${1-}" = --stop ]; then
         systemctl stop strata.slice || true
         echo "demo: stopped the supervisor and strata.slice on the host"
     fi
-    exit 0
+    exit "${stop_failed:-0}"
 fi
 if [ "${1-}" = --host ]; then mode=host; shift; fi
 MANIFEST=${1:-examples/demo.toml}

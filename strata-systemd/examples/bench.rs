@@ -169,9 +169,20 @@ impl Bench {
         }
     }
 
-    fn stop_all(&self) -> Result<()> {
-        self.sd.systemctl(&["stop", "strata.slice"])?;
-        self.sd.systemctl(&["reset-failed"])?;
+    /// Stops and clears every unit, and drops the events of what was stopped, so that the
+    /// next phase (which reuses unit names) cannot take them for its own.
+    fn stop_all(&mut self) -> Result<()> {
+        for args in [&["stop", "strata.slice"][..], &["reset-failed"][..]] {
+            let out = self.sd.systemctl(args)?;
+            if !out.status.success() {
+                bail!(
+                    "systemctl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        while self.events.try_recv().is_ok() {}
         Ok(())
     }
 
@@ -222,8 +233,16 @@ fn inner_pid(nsenter: &Child) -> Result<u32> {
 fn stop_supervisor(mut child: Child) -> Result<()> {
     let pid = inner_pid(&child)?;
     // SAFETY: plain kill(2) of a PID we spawned (through nsenter).
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    child.wait()?;
+    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+        bail!(
+            "cannot stop the supervisor {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("the supervisor ended badly on SIGTERM: {status}");
+    }
     Ok(())
 }
 

@@ -157,15 +157,28 @@ impl OomWatch {
         }
         // SAFETY: `raw` was just returned by eventfd and is owned by nobody else.
         let efd = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
-        let control = File::open(&oom_control).map_err(|source| OomWatchError::Open {
-            unit: unit.to_owned(),
-            path: oom_control.clone(),
-            source,
-        })?;
+        // Both files through the directory fd: a cgroup re-created at the same path between
+        // these opens cannot mix the old cgroup's directory with the new one's files.
+        let open_at = |name: &str, flags: rustix::fs::OFlags| {
+            rustix::fs::openat(
+                &dir,
+                name,
+                flags | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map(File::from)
+            .map_err(io::Error::from)
+        };
+        let control =
+            open_at("memory.oom_control", rustix::fs::OFlags::RDONLY).map_err(|source| {
+                OomWatchError::Open {
+                    unit: unit.to_owned(),
+                    path: oom_control.clone(),
+                    source,
+                }
+            })?;
         let line = format!("{} {}", efd.as_raw_fd(), control.as_raw_fd());
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&event_control)
+        open_at("cgroup.event_control", rustix::fs::OFlags::WRONLY)
             .and_then(|mut f| f.write_all(line.as_bytes()))
             .map_err(|source| OomWatchError::Register {
                 unit: unit.to_owned(),
