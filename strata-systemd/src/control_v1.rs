@@ -62,9 +62,6 @@ pub const REASON_IDENTITY_DISABLED: &str = "identity_disabled";
 /// How long a request waits for the supervisor loop's answer (the loop may be busy with a start
 /// that mints tokens); less than strata-ctl's default 30 s, so the caller sees why.
 const LOOP_ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
-/// First and longest interval of the fallback poll for `identity.pub`.
-const KEY_POLL_MIN: Duration = Duration::from_millis(100);
-const KEY_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// Why the endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -474,18 +471,22 @@ impl Handler for SupervisorEndpoint {
 }
 
 /// Reads identity's key once it is there and starts the verifier and its revocation follower.
-/// Woken by identity reaching `running`; while identity is enabled, also by a slow poll (an
-/// identity adopted after a supervisor restart may have published its key already).
+/// Tries at once (an identity adopted after a supervisor restart has published its key
+/// already), then each time identity reaches `running`: it writes its key before it reports
+/// ready (Type=notify), and the reconciler announces an adopted identity as running too.
 async fn watch_identity_key(
     shared: Arc<Shared>,
     runtime_dir: PathBuf,
     node_id: String,
-    poll: bool,
+    identity_enabled: bool,
     audit: Option<AuditSender>,
     metrics: Arc<Metrics>,
 ) {
+    if !identity_enabled {
+        // Tokens are answered "identity disabled" by the endpoint; nothing to wait for.
+        return;
+    }
     let key_path = runtime_dir.join(PUBLIC_KEY_FILE);
-    let mut delay = KEY_POLL_MIN;
     loop {
         match read_public_key(&key_path) {
             Ok(key) => {
@@ -525,12 +526,7 @@ async fn watch_identity_key(
                 }
             }
         }
-        if poll {
-            let _ = tokio::time::timeout(delay, shared.identity_up.notified()).await;
-            delay = (delay * 2).min(KEY_POLL_MAX);
-        } else {
-            shared.identity_up.notified().await;
-        }
+        shared.identity_up.notified().await;
     }
 }
 

@@ -424,6 +424,28 @@ fn issue(node: &Node, action: &str) -> (String, String) {
     )
 }
 
+/// `supervisor.svc.list` with `token` as nobody, once tokens are usable: the verifier starts
+/// when identity runs and answers UNAVAILABLE until its first revocation catch-up; wait for
+/// that, nothing else.
+async fn list_with_token(node: &Node, token: &str) -> Value {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let (code, v) = call(
+            node,
+            As::Nobody,
+            "supervisor.svc.list",
+            &json!({}),
+            Some(token),
+        );
+        if code == 0 {
+            return v["result"].clone();
+        }
+        assert_eq!(v["error"]["name"], "UNAVAILABLE", "{v}");
+        assert!(Instant::now() < deadline, "tokens never became usable: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_socket_with_tokens_from_identity() {
     let mut node = Node::boot().await;
@@ -447,24 +469,8 @@ async fn supervisor_socket_with_tokens_from_identity() {
     );
 
     let (list_token, list_cap) = issue(&node, "svc.list");
-    // Positive control: the svc.list token lists. The verifier starts once identity runs and
-    // answers UNAVAILABLE until its first revocation catch-up: wait for that, nothing else.
-    let deadline = Instant::now() + LONG;
-    let list = loop {
-        let (code, v) = call(
-            &node,
-            As::Nobody,
-            "supervisor.svc.list",
-            &json!({}),
-            Some(&list_token),
-        );
-        if code == 0 {
-            break v["result"].clone();
-        }
-        assert_eq!(v["error"]["name"], "UNAVAILABLE", "{v}");
-        assert!(Instant::now() < deadline, "tokens never became usable: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // Positive control: the svc.list token lists.
+    let list = list_with_token(&node, &list_token).await;
     assert_eq!(entry(&list, "web")["state"], "running", "{list}");
     let status = ok(&node, As::Root, "supervisor.status", &json!({}), None);
     assert_eq!(status["tokens"], "enabled", "{status}");
@@ -589,4 +595,14 @@ async fn supervisor_socket_with_tokens_from_identity() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A restarted supervisor adopts the running identity and verifies tokens again without
+    // polling for the key: it reads it at once, identity having published it long ago.
+    node.kill_supervisor().await;
+    node.start_supervisor().await;
+    node.wait_state("identity", "running", LONG).await;
+    let list = list_with_token(&node, &list_token).await;
+    assert_eq!(entry(&list, "web")["state"], "running", "{list}");
+    let status = ok(&node, As::Root, "supervisor.status", &json!({}), None);
+    assert_eq!(status["tokens"], "enabled", "{status}");
 }

@@ -245,10 +245,11 @@ mod tests {
 
     #[test]
     fn service_names_cannot_leave_the_runtime_directory() {
-        for bad in ["", "../fs", "fs/x", "FS", "a.b"] {
+        // The manifest's rule (strata_core::capability::check_service_name): no `_` either.
+        for bad in ["", "../fs", "fs/x", "FS", "a.b", "svc_2", "-fs"] {
             assert!(check_service_name(bad).is_err(), "{bad:?}");
         }
-        for good in ["fs", "my-svc", "svc_2"] {
+        for good in ["fs", "my-svc", "svc2", "supervisor"] {
             assert!(check_service_name(good).is_ok(), "{good:?}");
         }
     }
