@@ -32,6 +32,7 @@ use libfuzzer_sys::fuzz_target;
 use strata_core::authorize::{ScopedPath, scope_path};
 use strata_core::capability::path_is_beneath;
 use strata_core::protocol::RpcError;
+use strata_services::fs::resolve::testing::{fd_path, refuse_openat2_on_this_thread};
 use strata_services::fs::resolve::{OpenKind, Resolver};
 
 /// One open for the fallback thread, and its outcome.
@@ -125,54 +126,6 @@ fn mkfifo(path: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-/// Installs, on the calling thread only (PR_SET_SECCOMP, no TSYNC), a seccomp filter that
-/// answers openat2 with EPERM and allows everything else. EPERM, not ENOSYS: cap-primitives
-/// takes its fallback for both, but remembers ENOSYS process-wide, which would also switch
-/// the fuzzer's own thread to the fallback. A test device, not a barrier: no arch check.
-fn refuse_openat2_on_this_thread() -> std::io::Result<()> {
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let mut filter = [
-        // seccomp_data.nr is at offset 0
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-        jeq(libc::SYS_openat2 as u32, 0, 1),
-        stmt(
-            libc::BPF_RET | libc::BPF_K,
-            libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA),
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_mut_ptr(),
-    };
-    // SAFETY: plain prctl calls; `prog` points to `filter`, both alive for the call.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-            &prog as *const libc::sock_fprog,
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Starts the fallback thread and checks, before any input, that it really is one: openat2
@@ -275,15 +228,6 @@ fn open_fallback(t: &Tree, scoped: &ScopedPath, shown: &str, kind: OpenKind) -> 
     match chan.1.recv() {
         Ok(o) => o,
         Err(_) => panic!("the fallback thread is gone"),
-    }
-}
-
-/// The path the kernel gives for an open descriptor.
-fn fd_path(fd: &impl AsRawFd) -> String {
-    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    match std::fs::read_link(&link) {
-        Ok(p) => p.to_string_lossy().into_owned(),
-        Err(e) => panic!("readlink {link}: {e}"),
     }
 }
 

@@ -283,8 +283,73 @@ fn relative_to<'a>(path: &'a str, base: &str) -> &'a str {
     }
 }
 
+/// Test devices shared by this crate's tests and the fuzz targets; not part of the service.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing {
+    use std::os::fd::AsRawFd;
+
+    /// Installs, on the calling thread only (PR_SET_SECCOMP, no TSYNC), a seccomp filter that
+    /// answers openat2 with EPERM and allows everything else, so that cap-primitives takes its
+    /// component-by-component fallback there, as under systemd's RestrictSUIDSGID= (EPERM,
+    /// not ENOSYS: cap-primitives remembers ENOSYS process-wide, which would switch the other
+    /// threads to the fallback too). A test device, not a barrier: no arch check.
+    pub fn refuse_openat2_on_this_thread() -> std::io::Result<()> {
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let mut filter = [
+            // seccomp_data.nr is at offset 0
+            stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_openat2 as u32,
+            },
+            stmt(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA),
+            ),
+            stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_mut_ptr(),
+        };
+        // SAFETY: plain prctl calls on this thread; `prog` points to `filter`, both alive for
+        // the calls.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// The path the kernel shows for an open descriptor (`/proc/self/fd/N`).
+    pub fn fd_path(fd: &impl AsRawFd) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .expect("readlink /proc/self/fd")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::fd_path;
     use super::*;
 
     #[test]
@@ -347,45 +412,7 @@ mod tests {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let stmt = |code: u32, k: u32| libc::sock_filter {
-                        code: code as u16,
-                        jt: 0,
-                        jf: 0,
-                        k,
-                    };
-                    let mut filter = [
-                        // seccomp_data.nr
-                        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-                        libc::sock_filter {
-                            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-                            jt: 0,
-                            jf: 1,
-                            k: libc::SYS_openat2 as u32,
-                        },
-                        stmt(
-                            libc::BPF_RET | libc::BPF_K,
-                            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
-                        ),
-                        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-                    ];
-                    let prog = libc::sock_fprog {
-                        len: filter.len() as u16,
-                        filter: filter.as_mut_ptr(),
-                    };
-                    // SAFETY: prctl on this thread only (no TSYNC); `prog` points to
-                    // `filter`, both alive for the calls.
-                    let rc = unsafe {
-                        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                            -1
-                        } else {
-                            libc::prctl(
-                                libc::PR_SET_SECCOMP,
-                                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                                &prog as *const libc::sock_fprog,
-                            )
-                        }
-                    };
-                    assert_eq!(rc, 0, "seccomp filter: {}", std::io::Error::last_os_error());
+                    super::testing::refuse_openat2_on_this_thread().expect("seccomp filter");
                     // The filter works: openat2 itself is refused on this thread.
                     let direct = rustix::fs::openat2(
                         rustix::fs::CWD,
@@ -400,14 +427,6 @@ mod tests {
                 .join()
                 .expect("the fallback thread panicked")
         })
-    }
-
-    fn fd_path(fd: &OwnedFd) -> String {
-        use std::os::fd::AsRawFd;
-        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .expect("readlink /proc/self/fd")
-            .to_string_lossy()
-            .into_owned()
     }
 
     /// What the resolver does with symlinks at the end of a path, identical through openat2
