@@ -601,8 +601,19 @@ async fn supervisor_socket_with_tokens_from_identity() {
     node.kill_supervisor().await;
     node.start_supervisor().await;
     node.wait_state("identity", "running", LONG).await;
-    let list = list_with_token(&node, &list_token).await;
+    let (fresh_token, _) = issue(&node, "svc.list");
+    let list = list_with_token(&node, &fresh_token).await;
     assert_eq!(entry(&list, "web")["state"], "running", "{list}");
+    // The new verifier caught up on the revocation made under the old supervisor.
+    let (code, v) = call(
+        &node,
+        As::Nobody,
+        "supervisor.svc.list",
+        &json!({}),
+        Some(&list_token),
+    );
+    assert_ne!(code, 0, "{v}");
+    assert_eq!(v["error"]["details"]["reason"], "revoked", "{v}");
     let status = ok(&node, As::Root, "supervisor.status", &json!({}), None);
     assert_eq!(status["tokens"], "enabled", "{status}");
 }
